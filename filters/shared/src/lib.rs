@@ -6,7 +6,9 @@
 //! the few functions that call the proxy-wasm host are marked as glue.
 
 pub mod config;
+pub mod duration;
 pub mod headers;
 pub mod metrics;
+pub mod path_pattern;
 pub mod problem;
 pub mod shared_data;

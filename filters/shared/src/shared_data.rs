@@ -41,7 +41,8 @@ pub struct HostStore;
 
 impl SharedStore for HostStore {
     fn get(&self, key: &str) -> Result<Versioned, StoreError> {
-        proxy_wasm::hostcalls::get_shared_data(key).map_err(|status| StoreError::Host(format!("{status:?}")))
+        proxy_wasm::hostcalls::get_shared_data(key)
+            .map_err(|status| StoreError::Host(format!("{status:?}")))
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<bool, StoreError> {
@@ -57,7 +58,12 @@ impl SharedStore for HostStore {
 /// writes it back with CAS, retrying up to `max_attempts` times on a lost race.
 /// `update` returns the bytes to store (or `None` to leave the key as it is)
 /// and a result handed back to the caller from the attempt that won.
-pub fn update<S, T, F>(store: &S, key: &str, max_attempts: u32, mut update: F) -> Result<T, StoreError>
+pub fn update<S, T, F>(
+    store: &S,
+    key: &str,
+    max_attempts: u32,
+    mut update: F,
+) -> Result<T, StoreError>
 where
     S: SharedStore + ?Sized,
     F: FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
