@@ -1,4 +1,12 @@
-//! meshwasm circuit-breaker filter (placeholder until its issue lands).
+//! meshwasm circuit-breaker filter: resilience4j-style breakers per upstream,
+//! route, header or claim, shared by all Envoy workers through proxy-wasm
+//! shared data. `config`, `policy`, `breaker` and `store` are host-free and
+//! unit-tested natively; `filter` is the proxy-wasm glue.
+
+pub mod breaker;
+pub mod config;
+pub mod policy;
+pub mod store;
 
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::LogLevel;
