@@ -1,14 +1,13 @@
-//! meshwasm authz filter (placeholder until its issue lands).
+//! meshwasm authz filter: JWT authentication and Istio-style authorization.
+//! The core (config, token handling, verification, rules, caches) is pure
+//! Rust tested natively; `filter` is the proxy-wasm glue.
 
-use proxy_wasm::traits::{Context, RootContext};
-use proxy_wasm::types::LogLevel;
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Placeholder) });
-}}
-
-struct Placeholder;
-
-impl Context for Placeholder {}
-impl RootContext for Placeholder {}
+pub mod cache;
+pub mod claims;
+pub mod config;
+pub mod crypto;
+pub mod engine;
+pub mod keys;
+pub mod rules;
+pub mod token;
+pub mod verify;
