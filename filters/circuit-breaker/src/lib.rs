@@ -5,18 +5,14 @@
 
 pub mod breaker;
 pub mod config;
+pub mod filter;
 pub mod policy;
 pub mod store;
 
-use proxy_wasm::traits::{Context, RootContext};
+use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Placeholder) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(filter::BreakerRoot::new()) });
 }}
-
-struct Placeholder;
-
-impl Context for Placeholder {}
-impl RootContext for Placeholder {}

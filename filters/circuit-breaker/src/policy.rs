@@ -3,6 +3,7 @@
 
 use crate::breaker::Spec;
 use crate::config::{Config, Failure, KeyPart, Policy};
+use std::rc::Rc;
 
 /// Longest key part kept; longer values are cut (keys stay bounded in size).
 const MAX_PART_LEN: usize = 128;
@@ -27,8 +28,8 @@ impl Active {
 
 #[derive(Debug, Clone)]
 pub struct Policies {
-    ordered: Vec<Active>,
-    default: Option<Active>,
+    ordered: Vec<Rc<Active>>,
+    default: Option<Rc<Active>>,
 }
 
 /// The request facts policy matching looks at.
@@ -43,22 +44,29 @@ pub struct Request<'a> {
 impl Policies {
     pub fn new(config: &Config) -> Self {
         Self {
-            ordered: config.policies.iter().map(Active::new).collect(),
-            default: config.default_policy.as_ref().map(Active::new),
+            ordered: config
+                .policies
+                .iter()
+                .map(|policy| Rc::new(Active::new(policy)))
+                .collect(),
+            default: config
+                .default_policy
+                .as_ref()
+                .map(|policy| Rc::new(Active::new(policy))),
         }
     }
 
     /// The policy for a request and the route it matched: the matching path
     /// pattern, or the path itself when the policy has no path patterns.
-    pub fn select(&self, request: &Request<'_>) -> Option<(&Active, String)> {
+    pub fn select(&self, request: &Request<'_>) -> Option<(Rc<Active>, String)> {
         for active in &self.ordered {
             if let Some(route) = matches(&active.policy, request) {
-                return Some((active, route));
+                return Some((Rc::clone(active), route));
             }
         }
         self.default
             .as_ref()
-            .map(|active| (active, request.path.to_owned()))
+            .map(|active| (Rc::clone(active), request.path.to_owned()))
     }
 }
 
@@ -327,7 +335,7 @@ mod tests {
             claims: Some(r#"{"org":{"id":42},"tier":["gold"]}"#),
         };
         assert_eq!(
-            breaker_key(active, &route, &facts),
+            breaker_key(&active, &route, &facts),
             "p|payment:8080|outbound_8080__payment|/a|acme_evil_co|-|42|-"
         );
         let bare = Facts {
@@ -335,7 +343,7 @@ mod tests {
             claims: Some("not json"),
         };
         assert_eq!(
-            breaker_key(active, &route, &bare),
+            breaker_key(&active, &route, &bare),
             "p|payment:8080|payment:8080|/a|acme_evil_co|-|-|-"
         );
     }
