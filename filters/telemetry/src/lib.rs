@@ -1,14 +1,25 @@
-//! meshwasm telemetry filter (placeholder until its issue lands).
+//! meshwasm telemetry filter: RED metrics labelled by route template and
+//! tenant with a hard cardinality bound, W3C/B3 trace context that every hop
+//! keeps, and a structured access log that never carries credentials.
+//!
+//! Host-independent modules (`config`, `labels`, `cardinality`, `trace`,
+//! `access_log`, `report`) hold the logic and its tests; `filter` is the
+//! proxy-wasm glue.
 
-use proxy_wasm::traits::{Context, RootContext};
+pub mod access_log;
+pub mod cardinality;
+pub mod config;
+pub mod filter;
+pub mod labels;
+pub mod report;
+pub mod trace;
+
+use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Placeholder) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::<filter::TelemetryRoot>::default()
+    });
 }}
-
-struct Placeholder;
-
-impl Context for Placeholder {}
-impl RootContext for Placeholder {}

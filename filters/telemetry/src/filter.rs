@@ -1,0 +1,372 @@
+//! Glue: proxy-wasm root and HTTP contexts. Everything decided here comes from
+//! the host-independent modules; this file only reads and writes the host.
+
+use crate::access_log::{
+    should_log, AccessLogLine, Decisions, AUTHZ_RESULT_KEY, BREAKER_STATE_KEY, LINE_TYPE,
+    ROUTING_LANE_KEY, ROUTING_RULE_KEY,
+};
+use crate::cardinality::{LabelBudget, Resolved};
+use crate::config::{Config, ReporterSetting, TenantSource};
+use crate::labels::{
+    folded_name, method_label, route_label, Reporter, RequestLabels, TAG_DESTINATION_WORKLOAD,
+    TAG_METHOD, TAG_SOURCE_WORKLOAD, TAG_TENANT, UNKNOWN,
+};
+use crate::report::{claim_value, decode_i64, request_finished, request_started, Observation};
+use crate::trace::{self, Incoming, Origin, TraceContext};
+use meshwasm_shared::metrics::Metrics;
+use meshwasm_shared::shared_data::HostStore;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+/// Request header naming the calling workload (set by the outbound sidecar).
+pub const SOURCE_WORKLOAD_HEADER: &str = "x-meshwasm-source-workload";
+/// Response header naming the answering workload (set by the inbound sidecar).
+pub const WORKLOAD_HEADER: &str = "x-meshwasm-workload";
+/// Filter state this filter writes: the request's trace id.
+pub const TRACE_ID_KEY: &str = "meshwasm.telemetry.trace_id";
+const CLAIMS_KEY: &str = "meshwasm.authz.claims";
+
+/// Per-VM state shared by all of the VM's HTTP contexts.
+struct VmState {
+    config: Config,
+    metrics: Metrics,
+    tenants: LabelBudget,
+    sources: LabelBudget,
+    destinations: LabelBudget,
+    workload: Option<String>,
+    ids_issued: u64,
+}
+
+impl VmState {
+    fn new(config: Config) -> Self {
+        let budget = |label| LabelBudget::new(label, config.max_label_values, config.admit_after);
+        Self {
+            tenants: budget(TAG_TENANT),
+            sources: budget(TAG_SOURCE_WORKLOAD),
+            destinations: budget(TAG_DESTINATION_WORKLOAD),
+            metrics: Metrics::default(),
+            workload: config.workload_name.clone(),
+            config,
+            ids_issued: 0,
+        }
+    }
+
+    /// This proxy's workload: configured, else Istio node metadata
+    /// (`WORKLOAD_NAME`, then the `app` label), else `unknown`.
+    fn workload(&mut self) -> String {
+        if let Some(name) = &self.workload {
+            return name.clone();
+        }
+        let name = string_property(vec!["node", "metadata", "WORKLOAD_NAME"])
+            .or_else(|| string_property(vec!["node", "metadata", "LABELS", "app"]))
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| UNKNOWN.to_owned());
+        self.workload = Some(name.clone());
+        name
+    }
+
+    /// Resolves a bounded label value, counting the fold when it happens.
+    fn bounded(&mut self, label: &'static str, raw: Option<&str>) -> String {
+        let budget = match label {
+            TAG_TENANT => &mut self.tenants,
+            TAG_SOURCE_WORKLOAD => &mut self.sources,
+            _ => &mut self.destinations,
+        };
+        let resolved = budget.resolve(&HostStore, raw);
+        if resolved == Resolved::Folded {
+            self.metrics.count(&folded_name(label), 1);
+        }
+        resolved.label().to_owned()
+    }
+
+    fn random_ids(&mut self) -> [u8; 24] {
+        let mut bytes = [0u8; 24];
+        if let Err(err) = getrandom::fill(&mut bytes) {
+            self.ids_issued = self.ids_issued.wrapping_add(1);
+            let now = hostcalls::get_current_time()
+                .ok()
+                .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+            log::warn!("random source failed ({err}); trace ids from time and counter");
+            return trace::fallback_random(now ^ self.ids_issued.rotate_left(32));
+        }
+        bytes
+    }
+}
+
+fn string_property(path: Vec<&str>) -> Option<String> {
+    let bytes = hostcalls::get_property(path).ok()??;
+    String::from_utf8(bytes).ok()
+}
+
+fn i64_property(path: Vec<&str>) -> Option<i64> {
+    decode_i64(&hostcalls::get_property(path).ok()??)
+}
+
+fn u64_property(path: Vec<&str>) -> u64 {
+    i64_property(path).map_or(0, |value| value.max(0) as u64)
+}
+
+fn bytes_property(key: &str) -> Option<Vec<u8>> {
+    hostcalls::get_property(vec![key]).ok()?
+}
+
+#[derive(Default)]
+pub struct TelemetryRoot {
+    state: Option<Rc<RefCell<VmState>>>,
+}
+
+impl Context for TelemetryRoot {}
+
+impl RootContext for TelemetryRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let raw = self.get_plugin_configuration();
+        match meshwasm_shared::config::parse::<Config>(raw.as_deref()) {
+            Ok(config) => {
+                self.state = Some(Rc::new(RefCell::new(VmState::new(config))));
+                true
+            }
+            Err(err) => {
+                log::error!("{err}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Never `None`: the SDK panics on it. Unconfigured means pass-through.
+        Some(Box::new(TelemetryHttp {
+            state: self.state.clone(),
+            request: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// What the request headers decided, kept until `on_log`.
+struct RequestState {
+    labels: RequestLabels,
+    in_flight_name: String,
+    trace: Option<(TraceContext, Origin)>,
+    /// The caller is a meshwasm sidecar (it named itself).
+    peer_named_itself: bool,
+    destination_resolved: bool,
+}
+
+struct TelemetryHttp {
+    state: Option<Rc<RefCell<VmState>>>,
+    request: Option<RequestState>,
+}
+
+impl Context for TelemetryHttp {}
+
+impl TelemetryHttp {
+    fn reporter(setting: ReporterSetting) -> Reporter {
+        match setting {
+            ReporterSetting::Inbound => Reporter::Inbound,
+            ReporterSetting::Outbound => Reporter::Outbound,
+            ReporterSetting::Auto => {
+                Reporter::from_listener_direction(i64_property(vec!["listener_direction"]))
+            }
+        }
+    }
+
+    fn tenant(&self, source: Option<&TenantSource>) -> Option<String> {
+        match source? {
+            TenantSource::Header(name) => self.get_http_request_header(name),
+            TenantSource::Claim(path) => claim_value(&bytes_property(CLAIMS_KEY)?, path),
+        }
+    }
+
+    fn trace(&self, vm: &mut VmState) -> Option<(TraceContext, Origin)> {
+        let trace_config = &vm.config.trace;
+        if !trace_config.enabled {
+            return None;
+        }
+        let header = |name| self.get_http_request_header(name);
+        let (traceparent, b3) = (header(trace::TRACEPARENT), header(trace::B3));
+        let (b3_trace_id, b3_span_id) = (header(trace::B3_TRACE_ID), header(trace::B3_SPAN_ID));
+        let (b3_sampled, b3_flags) = (header(trace::B3_SAMPLED), header(trace::B3_FLAGS));
+        let incoming = Incoming {
+            traceparent: traceparent.as_deref(),
+            b3: b3.as_deref(),
+            b3_trace_id: b3_trace_id.as_deref(),
+            b3_span_id: b3_span_id.as_deref(),
+            b3_sampled: b3_sampled.as_deref(),
+            b3_flags: b3_flags.as_deref(),
+        };
+        let (accept_b3, ratio) = (
+            trace_config.accept_b3,
+            trace_config.new_trace_sampling_ratio,
+        );
+        let max_baggage = trace_config.baggage_max_bytes;
+        let (context, origin) = trace::resolve(&incoming, accept_b3, || {
+            TraceContext::start(&vm.random_ids(), ratio)
+        });
+        if origin != Origin::W3c {
+            // tracestate belongs to the traceparent it came with, which was absent or invalid.
+            self.set_http_request_header(trace::TRACESTATE, None);
+            self.set_http_request_header(trace::TRACEPARENT, Some(&context.traceparent()));
+        }
+        if header(trace::BAGGAGE).is_some_and(|baggage| baggage.len() > max_baggage) {
+            log::debug!("baggage over {max_baggage} bytes removed");
+            self.set_http_request_header(trace::BAGGAGE, None);
+        }
+        self.set_property(vec![TRACE_ID_KEY], Some(context.trace_id.as_bytes()));
+        Some((context, origin))
+    }
+}
+
+impl HttpContext for TelemetryHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(state) = self.state.clone() else {
+            return Action::Continue;
+        };
+        let mut vm = state.borrow_mut();
+        let reporter = Self::reporter(vm.config.reporter);
+        let workload = vm.workload();
+        let peer_headers = vm.config.peer_headers;
+
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let route = route_label(&vm.config.routes, &path).to_owned();
+        let method = method_label(&method);
+        if method == crate::labels::OTHER {
+            vm.metrics.count(&folded_name(TAG_METHOD), 1);
+        }
+        let tenant = self.tenant(vm.config.tenant.as_ref());
+        let tenant = vm.bounded(TAG_TENANT, tenant.as_deref());
+
+        let mut peer_named_itself = false;
+        let (source_workload, destination_workload) = if reporter == Reporter::Outbound {
+            if peer_headers {
+                self.set_http_request_header(SOURCE_WORKLOAD_HEADER, Some(&workload));
+            }
+            (workload, UNKNOWN.to_owned())
+        } else {
+            let caller = if peer_headers {
+                let caller = self.get_http_request_header(SOURCE_WORKLOAD_HEADER);
+                self.set_http_request_header(SOURCE_WORKLOAD_HEADER, None);
+                caller
+            } else {
+                None
+            };
+            peer_named_itself = caller.is_some();
+            (vm.bounded(TAG_SOURCE_WORKLOAD, caller.as_deref()), workload)
+        };
+
+        let labels = RequestLabels {
+            reporter,
+            source_workload,
+            destination_workload,
+            route,
+            method,
+            tenant,
+        };
+        let in_flight_name = labels.in_flight_name();
+        request_started(&mut vm.metrics, &in_flight_name);
+        let trace = self.trace(&mut vm);
+        self.request = Some(RequestState {
+            destination_resolved: reporter != Reporter::Outbound,
+            labels,
+            in_flight_name,
+            trace,
+            peer_named_itself,
+        });
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let (Some(state), Some(mut request)) = (self.state.clone(), self.request.take()) else {
+            return Action::Continue;
+        };
+        let mut vm = state.borrow_mut();
+        if vm.config.peer_headers {
+            if !request.destination_resolved {
+                let answered_by = self.get_http_response_header(WORKLOAD_HEADER);
+                self.set_http_response_header(WORKLOAD_HEADER, None);
+                request.labels.destination_workload =
+                    vm.bounded(TAG_DESTINATION_WORKLOAD, answered_by.as_deref());
+                request.destination_resolved = true;
+            } else if request.peer_named_itself {
+                self.set_http_response_header(
+                    WORKLOAD_HEADER,
+                    Some(&request.labels.destination_workload),
+                );
+            }
+        }
+        if let (Some(name), Some((context, _))) = (&vm.config.trace.response_header, &request.trace)
+        {
+            self.set_http_response_header(name, Some(&context.trace_id));
+        }
+        self.request = Some(request);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let (Some(state), Some(request)) = (self.state.clone(), self.request.take()) else {
+            return;
+        };
+        let mut vm = state.borrow_mut();
+        let observation = Observation {
+            code: i64_property(vec!["response", "code"]),
+            duration_ms: u64_property(vec!["request", "duration"]) / 1_000_000,
+            request_bytes: u64_property(vec!["request", "total_size"]),
+            response_bytes: u64_property(vec!["response", "total_size"]),
+        };
+        request_finished(
+            &mut vm.metrics,
+            &request.in_flight_name,
+            &request.labels,
+            &observation,
+        );
+
+        let Some((context, origin)) = &request.trace else {
+            return;
+        };
+        if !should_log(&vm.config.access_log, &context.trace_id, observation.code) {
+            return;
+        }
+        let decisions = Decisions::from_raw(
+            bytes_property(AUTHZ_RESULT_KEY).as_deref(),
+            bytes_property(ROUTING_RULE_KEY).as_deref(),
+            bytes_property(ROUTING_LANE_KEY).as_deref(),
+            bytes_property(BREAKER_STATE_KEY).as_deref(),
+        );
+        let upstream_cluster = string_property(vec!["xds", "cluster_name"]);
+        let upstream_address = string_property(vec!["upstream", "address"]);
+        let labels = &request.labels;
+        let line = AccessLogLine {
+            line_type: LINE_TYPE,
+            reporter: labels.reporter.as_str(),
+            source_workload: &labels.source_workload,
+            destination_workload: &labels.destination_workload,
+            method: labels.method,
+            route: &labels.route,
+            code: observation.code.unwrap_or(0),
+            duration_ms: i64_property(vec!["request", "duration"])
+                .map_or(0.0, |nanos| nanos as f64 / 1e6),
+            request_bytes: observation.request_bytes,
+            response_bytes: observation.response_bytes,
+            tenant: &labels.tenant,
+            trace_id: &context.trace_id,
+            span_id: &context.parent_id,
+            trace_origin: match origin {
+                Origin::W3c => "w3c",
+                Origin::B3 => "b3",
+                Origin::New => "new",
+            },
+            upstream_cluster: upstream_cluster.as_deref(),
+            upstream_address: upstream_address.as_deref(),
+            decisions: &decisions,
+        };
+        log::info!("{}", line.to_json());
+    }
+}
