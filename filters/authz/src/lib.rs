@@ -11,3 +11,6 @@ pub mod keys;
 pub mod rules;
 pub mod token;
 pub mod verify;
+
+#[cfg(test)]
+mod tests;
