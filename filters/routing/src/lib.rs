@@ -1,14 +1,26 @@
-//! meshwasm routing filter (placeholder until its issue lands).
+//! meshwasm routing filter: ordered rules over path, method, host, headers,
+//! query parameters, cookies, verified claims and W3C baggage; actions that
+//! set headers, rewrite the path or authority, redirect, answer directly,
+//! split users into sticky cohorts and carry a lane across hops in
+//! `baggage`. Headers the filter owns are stripped from incoming requests, and
+//! Envoy re-selects the route after the filter changes the request.
+//!
+//! `config`, `matcher`, `hash`, `baggage` and `engine` are host-independent
+//! and unit-tested natively; `filter` is the proxy-wasm glue.
 
-use proxy_wasm::traits::{Context, RootContext};
+pub mod baggage;
+pub mod config;
+pub mod engine;
+pub mod filter;
+pub mod hash;
+pub mod matcher;
+
+use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Placeholder) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::<filter::RoutingRoot>::default()
+    });
 }}
-
-struct Placeholder;
-
-impl Context for Placeholder {}
-impl RootContext for Placeholder {}

@@ -1,0 +1,262 @@
+//! proxy-wasm glue: reads the request, asks the [`Router`], applies the
+//! decision and makes Envoy pick the route again.
+
+use crate::config::{ClaimsSource, Config};
+use crate::engine::{Decision, Outcome, RequestView, Router};
+use meshwasm_shared::headers;
+use meshwasm_shared::metrics::{tagged_name, Metrics};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, MapType};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+pub const DECISIONS_METRIC: &str = "meshwasm_routing_decisions_total";
+pub const RULE_PROPERTY: &str = "meshwasm.routing.rule";
+pub const LANE_PROPERTY: &str = "meshwasm.routing.lane";
+/// Label value when no rule matched or no lane was chosen.
+const NONE: &str = "none";
+
+#[derive(Default)]
+pub struct RoutingRoot {
+    router: Option<Rc<Router>>,
+    metrics: Rc<RefCell<Metrics>>,
+}
+
+impl Context for RoutingRoot {}
+
+impl RootContext for RoutingRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let raw = hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        )
+        .ok()
+        .flatten();
+        match meshwasm_shared::config::parse::<Config>(raw.as_deref()) {
+            Ok(config) => {
+                let router = Router::new(config);
+                log::info!(
+                    "routing configured: owned headers {:?}",
+                    router.owned_headers()
+                );
+                self.router = Some(Rc::new(router));
+                true
+            }
+            Err(err) => {
+                log::error!("{err}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let router = self.router.clone()?;
+        Some(Box::new(RoutingHttp {
+            router,
+            metrics: Rc::clone(&self.metrics),
+            debug_value: None,
+            debug_sent: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct RoutingHttp {
+    router: Rc<Router>,
+    metrics: Rc<RefCell<Metrics>>,
+    /// `rule=<r>; lane=<l>` for the debug response header.
+    debug_value: Option<String>,
+    debug_sent: bool,
+}
+
+impl Context for RoutingHttp {}
+
+impl HttpContext for RoutingHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Ok(mut request_headers) = hostcalls::get_map(MapType::HttpRequestHeaders) else {
+            log::warn!("routing: request headers unavailable");
+            return Action::Continue;
+        };
+        let mut changed = self.strip_owned_headers(&mut request_headers);
+        let claims = self.verified_claims(&request_headers);
+        let pseudo = |name: &str| headers::find(&request_headers, name).unwrap_or("");
+        let scheme = headers::find(&request_headers, "x-forwarded-proto")
+            .unwrap_or_else(|| pseudo(":scheme"));
+        let view = RequestView {
+            method: pseudo(":method"),
+            path: pseudo(":path"),
+            authority: pseudo(":authority"),
+            scheme: if scheme.is_empty() { "http" } else { scheme },
+            headers: &request_headers,
+            claims: claims.as_ref(),
+        };
+        let decision = self.router.decide(&view);
+        self.record(&decision);
+
+        let action = match &decision.outcome {
+            Outcome::Forward(mutations) => {
+                changed |= !mutations.is_empty();
+                for name in &mutations.remove_headers {
+                    remove_request_header(name);
+                }
+                for (name, value) in &mutations.set_headers {
+                    set_request_header(name, Some(value));
+                }
+                if let Some(path) = &mutations.path {
+                    set_request_header(":path", Some(path));
+                }
+                if let Some(authority) = &mutations.authority {
+                    set_request_header(":authority", Some(authority));
+                }
+                if let Some(baggage) = &mutations.baggage {
+                    let value = (!baggage.is_empty()).then_some(baggage.as_str());
+                    set_request_header("baggage", value);
+                }
+                Action::Continue
+            }
+            Outcome::Redirect { status, location } => {
+                self.respond(*status, vec![("location", location.as_str())], "");
+                Action::Pause
+            }
+            Outcome::Respond {
+                status,
+                body,
+                headers,
+            } => {
+                let headers = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                self.respond(*status, headers, body);
+                Action::Pause
+            }
+        };
+        if changed {
+            clear_route_cache();
+        }
+        action
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let (Some(header), Some(value)) = (self.router.debug_header(), &self.debug_value) {
+            if !self.debug_sent {
+                if let Err(status) =
+                    hostcalls::add_map_value(MapType::HttpResponseHeaders, header, value)
+                {
+                    log::debug!("routing: could not add {header}: {status:?}");
+                }
+            }
+        }
+        Action::Continue
+    }
+}
+
+impl RoutingHttp {
+    /// Removes every owned header the client sent (anti-spoofing); true when
+    /// one was there.
+    fn strip_owned_headers(&self, request_headers: &mut Vec<(String, String)>) -> bool {
+        let owned = self.router.owned_headers();
+        let before = request_headers.len();
+        request_headers.retain(|(name, _)| !owned.iter().any(|o| o.eq_ignore_ascii_case(name)));
+        if request_headers.len() == before {
+            return false;
+        }
+        for name in owned {
+            remove_request_header(name);
+        }
+        true
+    }
+
+    fn verified_claims(&self, request_headers: &[(String, String)]) -> Option<serde_json::Value> {
+        if !self.router.uses_claims() {
+            return None;
+        }
+        let raw = match self.router.claims_source() {
+            ClaimsSource::FilterState(key) => match hostcalls::get_property(vec![key.as_str()]) {
+                Ok(value) => value?,
+                Err(status) => {
+                    log::debug!("routing: claims property {key} unreadable: {status:?}");
+                    return None;
+                }
+            },
+            ClaimsSource::Header(name) => headers::find(request_headers, name)?.as_bytes().to_vec(),
+        };
+        serde_json::from_slice(&raw)
+            .map_err(|err| log::debug!("routing: claims are not JSON: {err}"))
+            .ok()
+    }
+
+    /// Filter state, debug header and the decision counter.
+    fn record(&mut self, decision: &Decision) {
+        let rule = decision.rule.as_deref().unwrap_or(NONE);
+        let lane = decision
+            .lane
+            .as_ref()
+            .map_or(NONE, |lane| lane.value.as_str());
+        if let Some(rule) = &decision.rule {
+            set_filter_state(RULE_PROPERTY, rule);
+        }
+        if let Some(lane) = &decision.lane {
+            set_filter_state(LANE_PROPERTY, &lane.value);
+        }
+        if self.router.debug_header().is_some() {
+            self.debug_value = Some(format!("rule={rule}; lane={lane}"));
+        }
+        let lane_label = if lane == NONE || self.router.is_known_lane(lane) {
+            lane
+        } else {
+            "other"
+        };
+        let name = tagged_name(DECISIONS_METRIC, &[("rule", rule), ("lane", lane_label)]);
+        self.metrics.borrow_mut().count(&name, 1);
+    }
+
+    fn respond(&mut self, status: u16, response_headers: Vec<(&str, &str)>, body: &str) {
+        let router = Rc::clone(&self.router);
+        let mut response_headers = response_headers;
+        if let (Some(header), Some(value)) = (router.debug_header(), &self.debug_value) {
+            response_headers.push((header, value.as_str()));
+            self.debug_sent = true;
+        }
+        if let Err(status_code) = hostcalls::send_http_response(
+            u32::from(status),
+            response_headers,
+            Some(body.as_bytes()),
+        ) {
+            log::error!("routing: could not send {status} response: {status_code:?}");
+        }
+    }
+}
+
+fn set_request_header(name: &str, value: Option<&str>) {
+    if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
+        log::warn!("routing: could not set {name}: {status:?}");
+    }
+}
+
+fn remove_request_header(name: &str) {
+    if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
+        log::warn!("routing: could not remove {name}: {status:?}");
+    }
+}
+
+fn set_filter_state(key: &str, value: &str) {
+    if let Err(status) = hostcalls::set_property(vec![key], Some(value.as_bytes())) {
+        log::debug!("routing: could not set {key}: {status:?}");
+    }
+}
+
+/// Makes Envoy select the route again after the request changed. Envoy ≥
+/// 1.33 exposes the `clear_route_cache` foreign function; it also clears the
+/// cache by itself on header changes from ABI 0.2.1 modules (this one), so
+/// the explicit call is belt and braces and a missing function is harmless.
+fn clear_route_cache() {
+    if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", None) {
+        log::debug!("routing: clear_route_cache foreign function: {status:?}");
+    }
+}
