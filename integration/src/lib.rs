@@ -1,1 +1,25 @@
+//! The local mesh: runs the `wasmplugin-manifests/` of a cluster on real
+//! Envoy processes, translating each object the way istiod and istio-agent do.
+//!
+//! End-to-end tests use [`Mesh`]: `Mesh::start(MeshOptions::default())` brings
+//! up the order app behind sidecars plus the ingress gateway, waits until all
+//! answer, and tears everything down on drop (printing every log when the test
+//! panicked). `MeshOptions::extra_manifests` adds or replaces documents, e.g. a
+//! WasmPlugin with a test config, or a `ServiceEntry` with `STATIC` endpoints
+//! on 127.0.0.1 that becomes the cluster `outbound|<port>||<host>` (how an
+//! authz filter reaches a JWKS server started by the test).
 
+pub mod bootstrap;
+pub mod demo;
+pub mod http;
+pub mod istio;
+pub mod mesh;
+pub mod plugins;
+pub mod process;
+pub mod resources;
+pub mod topology;
+pub mod traffic;
+
+pub use mesh::{Mesh, MeshOptions, ReadyInfo, WorkloadUrls};
+
+pub mod validate;

@@ -1,1 +1,142 @@
-fn main() {}
+//! `mesh`: run the manifests of `wasmplugin-manifests/` on real Envoy, locally.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use meshwasm_integration::{demo, validate, Mesh, MeshOptions};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(about = "Runs Istio WasmPlugin manifests and the order app on local Envoy processes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the mesh in the foreground; Ctrl-C stops every process.
+    Up(RunArgs),
+    /// Start the mesh, run the demo scenario, print what happened, stop.
+    Demo(RunArgs),
+    /// Validate the manifests against Istio's CRD schemas and Kubernetes types.
+    Validate {
+        #[arg(long, default_value_os_t = MeshOptions::default().manifests)]
+        manifests: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(long, default_value_os_t = MeshOptions::default().manifests)]
+    manifests: PathBuf,
+    /// Envoy binary (default: the project's pinned Envoy, or MESHWASM_ENVOY).
+    #[arg(long, env = "MESHWASM_ENVOY")]
+    envoy: Option<PathBuf>,
+    /// Folder with the built `<module>.wasm` files that oci:// and https:// URLs map to.
+    #[arg(long, env = "MESHWASM_DIST")]
+    dist: Option<PathBuf>,
+    /// Folder with the order app's binaries.
+    #[arg(long, env = "MESHWASM_APP_BIN")]
+    app_bin: Option<PathBuf>,
+    #[arg(long, default_value_t = 18080)]
+    ingress_port: u16,
+    /// Envoy worker threads per proxy.
+    #[arg(long, default_value_t = 2)]
+    concurrency: u32,
+    /// Written as JSON once every Envoy and app is ready.
+    #[arg(long, env = "MESH_READY_FILE")]
+    ready_file: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn options(self) -> MeshOptions {
+        let defaults = MeshOptions::default();
+        MeshOptions {
+            manifests: self.manifests,
+            envoy: self.envoy.unwrap_or(defaults.envoy.clone()),
+            dist: self.dist.unwrap_or(defaults.dist.clone()),
+            app_bin_dir: self.app_bin.unwrap_or(defaults.app_bin_dir.clone()),
+            ingress_port: self.ingress_port,
+            concurrency: self.concurrency,
+            ..defaults
+        }
+    }
+}
+
+fn main() {
+    if let Err(err) = run(Cli::parse()) {
+        eprintln!("mesh: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Validate { manifests } => {
+            let documents = validate::validate_dir(&manifests).map_err(|errors| {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                anyhow::anyhow!("{} problem(s):\n{}", lines.len(), lines.join("\n"))
+            })?;
+            println!(
+                "{} documents in {} are valid",
+                documents.len(),
+                manifests.display()
+            );
+            Ok(())
+        }
+        Command::Up(args) => {
+            let ready_file = args.ready_file.clone();
+            let stop = stop_flag()?;
+            let mut mesh = Mesh::start(args.options())?;
+            print_endpoints(&mesh);
+            if let Some(path) = ready_file {
+                std::fs::write(&path, serde_json::to_vec_pretty(&mesh.ready)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            println!(
+                "\nmesh is up; Ctrl-C stops it (logs in {})",
+                mesh.run_dir.display()
+            );
+            while !stop.load(Ordering::SeqCst) {
+                if let Some(name) = mesh.exited_process() {
+                    anyhow::bail!(
+                        "{name} exited; stopping the mesh. Logs:{}",
+                        mesh.dump_logs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            mesh.shutdown();
+            println!("mesh stopped");
+            Ok(())
+        }
+        Command::Demo(args) => {
+            let mesh = Mesh::start(args.options())?;
+            print_endpoints(&mesh);
+            demo::run(&mesh)
+        }
+    }
+}
+
+/// Set on SIGINT or SIGTERM; the main loop then stops every process.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || handler_flag.store(true, Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+fn print_endpoints(mesh: &Mesh) {
+    println!("{:<24} {:<28} {}", "WORKLOAD", "APP", "SIDECAR ADMIN");
+    println!(
+        "{:<24} {:<28} {}",
+        "istio-ingressgateway", mesh.ready.ingress, mesh.ready.ingress_admin
+    );
+    for (name, urls) in &mesh.ready.workloads {
+        println!("{:<24} {:<28} {}", name, urls.app, urls.sidecar_admin);
+    }
+}

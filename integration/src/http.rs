@@ -1,0 +1,100 @@
+//! A small blocking HTTP client for the demo and the end-to-end tests: every
+//! status is a response (never an error), with headers and body kept.
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::time::Duration;
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.body)
+            .with_context(|| format!("response body is not JSON: {}", self.body))
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(15)))
+            .build(),
+    )
+}
+
+fn collect(mut response: ureq::http::Response<ureq::Body>) -> Result<Response> {
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                value.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<Response> {
+    let mut request = agent.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    collect(request.call().with_context(|| format!("GET {url}"))?)
+}
+
+pub fn post_json(
+    agent: &ureq::Agent,
+    url: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> Result<Response> {
+    let mut request = agent.post(url).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    collect(
+        request
+            .send(body.to_string())
+            .with_context(|| format!("POST {url}"))?,
+    )
+}
+
+/// Any method, with a raw body.
+pub fn send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response> {
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(body.to_owned()).context("bad request")?;
+    collect(
+        agent
+            .run(request)
+            .with_context(|| format!("{method} {url}"))?,
+    )
+}

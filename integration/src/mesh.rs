@@ -1,0 +1,468 @@
+//! The local mesh: every workload of the manifests as a local process behind
+//! its own sidecar Envoy, plus the ingress gateway Envoy, on 127.0.0.1.
+
+use crate::bootstrap::{self, MeshConfig, ProxyPlan, ProxyRole};
+use crate::plugins::{self, ModuleStore};
+use crate::process::{free_ports, Supervised};
+use crate::resources::{self, Resource};
+use crate::topology::{Topology, Workload};
+use crate::traffic::TrafficConfig;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// How to run the mesh. `Default` fits a checkout of this repository and is
+/// overridden by `MESHWASM_ENVOY`, `MESHWASM_DIST` and `MESHWASM_APP_BIN`.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    pub manifests: PathBuf,
+    /// YAML documents applied after the folder, replacing documents of the
+    /// same kind, namespace and name (as `kubectl apply` of an edit would).
+    pub extra_manifests: Vec<String>,
+    pub envoy: PathBuf,
+    pub dist: PathBuf,
+    pub app_bin_dir: PathBuf,
+    /// 0 picks a free port.
+    pub ingress_port: u16,
+    /// Envoy worker threads per proxy (Istio's sidecar default is 2).
+    pub concurrency: u32,
+    pub run_dir: PathBuf,
+    pub envoy_log_level: String,
+    pub ready_timeout: Duration,
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        let root = repo_root();
+        let from_env =
+            |name: &str, default: PathBuf| std::env::var_os(name).map_or(default, PathBuf::from);
+        let stamp = format!(
+            "{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ rand_suffix()
+        );
+        Self {
+            manifests: root.join("wasmplugin-manifests"),
+            extra_manifests: Vec::new(),
+            envoy: from_env("MESHWASM_ENVOY", root.join(".tools/envoy-1.40.0/bin/envoy")),
+            dist: from_env("MESHWASM_DIST", root.join("dist")),
+            app_bin_dir: from_env("MESHWASM_APP_BIN", root.join("target/debug")),
+            ingress_port: 0,
+            concurrency: 2,
+            run_dir: root.join(".mesh-runs").join(stamp),
+            envoy_log_level: "info".to_owned(),
+            ready_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// What `--ready-file` holds once everything answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadyInfo {
+    pub ingress: String,
+    pub ingress_admin: String,
+    pub workloads: BTreeMap<String, WorkloadUrls>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadUrls {
+    pub app: String,
+    pub sidecar_admin: String,
+}
+
+pub struct Mesh {
+    pub ready: ReadyInfo,
+    pub run_dir: PathBuf,
+    /// Lines istio-agent would have logged (modules that could not be had).
+    pub warnings: Vec<String>,
+    processes: Vec<Supervised>,
+}
+
+struct SidecarPorts {
+    app: u16,
+    inbound: u16,
+    outbound: u16,
+    admin: u16,
+}
+
+impl Mesh {
+    pub fn start(options: MeshOptions) -> Result<Self> {
+        let mut resources = resources::load_dir(&options.manifests)?;
+        let mut extra = Vec::new();
+        for (index, text) in options.extra_manifests.iter().enumerate() {
+            extra.extend(resources::parse_documents(
+                &format!("extra manifest {}", index + 1),
+                text,
+                0,
+            )?);
+        }
+        resources::overlay(&mut resources, extra);
+        Self::start_resources(&resources, &options)
+    }
+
+    fn start_resources(resources: &[Resource], options: &MeshOptions) -> Result<Self> {
+        for tool in [&options.envoy] {
+            if !tool.is_file() {
+                bail!(
+                    "Envoy not found at {} (run `make envoy`, or set MESHWASM_ENVOY)",
+                    tool.display()
+                );
+            }
+        }
+        let topology = Topology::from_resources(resources)?;
+        let traffic = TrafficConfig::from_resources(resources)?;
+        let plugins = plugins::load(resources)?;
+        let modules = ModuleStore {
+            dist: options.dist.clone(),
+        };
+        let mesh_config = MeshConfig {
+            topology: &topology,
+            traffic: &traffic,
+            plugins: &plugins,
+            modules: &modules,
+        };
+        let service_port = single_service_port(&topology)?;
+        std::fs::create_dir_all(&options.run_dir)
+            .with_context(|| format!("cannot create {}", options.run_dir.display()))?;
+
+        let mut ports = free_ports(topology.workloads.len() * 4 + 2)?.into_iter();
+        let mut next = || ports.next().context("ran out of reserved ports");
+        let mut sidecars = BTreeMap::new();
+        for workload in &topology.workloads {
+            sidecars.insert(
+                workload.name.clone(),
+                SidecarPorts {
+                    app: next()?,
+                    inbound: next()?,
+                    outbound: next()?,
+                    admin: next()?,
+                },
+            );
+        }
+        let gateway_admin = next()?;
+        let ingress_port = if options.ingress_port == 0 {
+            next()?
+        } else {
+            std::net::TcpListener::bind(("127.0.0.1", options.ingress_port)).with_context(
+                || {
+                    format!(
+                        "ingress port 127.0.0.1:{} is already in use",
+                        options.ingress_port
+                    )
+                },
+            )?;
+            options.ingress_port
+        };
+        let address_of = |workload: &Workload| {
+            (
+                "127.0.0.1".to_owned(),
+                sidecars.get(&workload.name).map_or(0, |p| p.inbound),
+            )
+        };
+
+        let mut mesh = Self {
+            ready: ReadyInfo {
+                ingress: format!("http://127.0.0.1:{ingress_port}"),
+                ingress_admin: format!("http://127.0.0.1:{gateway_admin}"),
+                workloads: BTreeMap::new(),
+            },
+            run_dir: options.run_dir.clone(),
+            warnings: Vec::new(),
+            processes: Vec::new(),
+        };
+        for workload in &topology.workloads {
+            let ports = &sidecars[&workload.name];
+            let plan = ProxyPlan {
+                name: &workload.name,
+                namespace: &workload.namespace,
+                labels: &workload.labels,
+                service_account: &workload.service_account,
+                admin_port: ports.admin,
+                role: ProxyRole::Sidecar {
+                    workload,
+                    inbound_port: ports.inbound,
+                    outbound_port: ports.outbound,
+                    app_port: ports.app,
+                    service_port,
+                },
+            };
+            let (config, warnings) = bootstrap::bootstrap(&mesh_config, &plan, &address_of)?;
+            mesh.warnings.extend(warnings);
+            mesh.start_app(workload, ports, options)?;
+            mesh.start_envoy(&format!("{}.sidecar", workload.name), &config, options)?;
+            mesh.ready.workloads.insert(
+                workload.name.clone(),
+                WorkloadUrls {
+                    app: format!("http://127.0.0.1:{}", ports.app),
+                    sidecar_admin: format!("http://127.0.0.1:{}", ports.admin),
+                },
+            );
+        }
+        if let Some(gateway) = &topology.gateway {
+            let plan = ProxyPlan {
+                name: &gateway.name,
+                namespace: &gateway.namespace,
+                labels: &gateway.labels,
+                service_account: "istio-ingressgateway-service-account",
+                admin_port: gateway_admin,
+                role: ProxyRole::Gateway {
+                    listen_port: ingress_port,
+                    bound_gateways: &gateway.bound_gateways,
+                },
+            };
+            let (config, warnings) = bootstrap::bootstrap(&mesh_config, &plan, &address_of)?;
+            mesh.warnings.extend(warnings);
+            mesh.start_envoy(&gateway.name, &config, options)?;
+        } else {
+            bail!("no Gateway selects the ingress gateway (`istio: ingressgateway`); the mesh has no entry point");
+        }
+        for warning in &mesh.warnings {
+            eprintln!("mesh: {warning}");
+        }
+        mesh.wait_ready(options.ready_timeout)?;
+        Ok(mesh)
+    }
+
+    fn start_app(
+        &mut self,
+        workload: &Workload,
+        ports: &SidecarPorts,
+        options: &MeshOptions,
+    ) -> Result<()> {
+        let binary = options.app_bin_dir.join(&workload.binary);
+        if !binary.is_file() {
+            bail!("{}: app binary {} not found (build it with `cargo build -p order-app`, or set MESHWASM_APP_BIN)", workload.name, binary.display());
+        }
+        let mut command = Command::new(&binary);
+        command.env_clear();
+        for key in ["PATH", "HOME", "RUST_LOG", "RUST_BACKTRACE"] {
+            if let Some(value) = std::env::var_os(key) {
+                command.env(key, value);
+            }
+        }
+        command.envs(workload.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // The sidecar intercepts: inbound traffic reaches the app on its port,
+        // outbound calls go through the sidecar as iptables would send them.
+        command
+            .env("PORT", ports.app.to_string())
+            .env("BIND_ADDR", "127.0.0.1")
+            .env("HTTP_PROXY", format!("http://127.0.0.1:{}", ports.outbound))
+            .env("http_proxy", format!("http://127.0.0.1:{}", ports.outbound));
+        let process = Supervised::spawn(&format!("{}.app", workload.name), command, &self.run_dir)?;
+        self.processes.push(process);
+        Ok(())
+    }
+
+    fn start_envoy(
+        &mut self,
+        name: &str,
+        config: &serde_json::Value,
+        options: &MeshOptions,
+    ) -> Result<()> {
+        let path = self.run_dir.join(format!("{name}.envoy.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(config)?)?;
+        let mut command = Command::new(&options.envoy);
+        command
+            .arg("-c")
+            .arg(&path)
+            .args(["--concurrency", &options.concurrency.to_string()])
+            .args(["--log-level", &options.envoy_log_level])
+            .arg("--disable-hot-restart")
+            .args(["--drain-time-s", "1"]);
+        let process = Supervised::spawn(name, command, &self.run_dir)?;
+        self.processes.push(process);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let mut probes: Vec<(String, String)> = vec![(
+            self.ready.ingress_admin.clone() + "/ready",
+            "istio-ingressgateway".to_owned(),
+        )];
+        for (name, urls) in &self.ready.workloads {
+            probes.push((
+                format!("{}/ready", urls.sidecar_admin),
+                format!("{name}.sidecar"),
+            ));
+            probes.push((format!("{}/healthz", urls.app), format!("{name}.app")));
+        }
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(2)))
+                .http_status_as_error(false)
+                .build(),
+        );
+        let deadline = Instant::now() + timeout;
+        for (url, process_name) in probes {
+            loop {
+                if let Some(process) = self.processes.iter_mut().find(|p| p.name == process_name) {
+                    if let Some(status) = process.exited() {
+                        bail!("{process_name} exited ({status}) before it was ready; its log ({}):\n{}", process.log.display(), process.log_tail(40));
+                    }
+                }
+                if agent
+                    .get(&url)
+                    .call()
+                    .is_ok_and(|response| response.status() == 200)
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let tail = self
+                        .processes
+                        .iter()
+                        .find(|p| p.name == process_name)
+                        .map(|p| p.log_tail(40))
+                        .unwrap_or_default();
+                    bail!("{process_name} not ready at {url} after {timeout:?}; its log:\n{tail}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    /// A process's whole log (`order-v1.app`, `order-v1.sidecar`, `istio-ingressgateway`).
+    pub fn log(&self, process: &str) -> String {
+        self.processes
+            .iter()
+            .find(|p| p.name == process)
+            .map(Supervised::log_text)
+            .unwrap_or_default()
+    }
+
+    /// Every process name, for tests that scan all logs.
+    pub fn process_names(&self) -> Vec<String> {
+        self.processes.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// The admin URL of a workload's sidecar, or of the ingress gateway.
+    pub fn admin_url(&self, proxy: &str) -> Result<String> {
+        if proxy == crate::topology::INGRESS_NAME {
+            return Ok(self.ready.ingress_admin.clone());
+        }
+        self.ready
+            .workloads
+            .get(proxy)
+            .map(|urls| urls.sidecar_admin.clone())
+            .with_context(|| format!("no workload {proxy}"))
+    }
+
+    /// The proxy's `/stats/prometheus` text.
+    pub fn prometheus(&self, proxy: &str) -> Result<String> {
+        let url = format!("{}/stats/prometheus", self.admin_url(proxy)?);
+        Ok(ureq::get(&url).call()?.body_mut().read_to_string()?)
+    }
+
+    /// One counter or gauge from the proxy's `/stats` (0 when absent, as Envoy
+    /// creates most stats lazily).
+    pub fn stat(&self, proxy: &str, name: &str) -> Result<u64> {
+        let url = format!(
+            "{}/stats?filter=^{}$",
+            self.admin_url(proxy)?,
+            regex_escape(name)
+        );
+        let text = ureq::get(&url).call()?.body_mut().read_to_string()?;
+        Ok(text
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(": "))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0))
+    }
+
+    pub fn shutdown(&mut self) {
+        for process in &mut self.processes {
+            process.terminate();
+        }
+        for process in &mut self.processes {
+            process.reap(Duration::from_secs(5));
+        }
+        self.processes.clear();
+    }
+
+    /// Every log, for a failing test's output.
+    pub fn dump_logs(&self) -> String {
+        let mut out = String::new();
+        for process in &self.processes {
+            out.push_str(&format!(
+                "\n===== {} ({}) =====\n{}\n",
+                process.name,
+                process.log.display(),
+                process.log_tail(60)
+            ));
+        }
+        out
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.iter().map(Supervised::pid).collect()
+    }
+
+    /// The name of a process that has exited on its own, if any.
+    pub fn exited_process(&mut self) -> Option<String> {
+        self.processes
+            .iter_mut()
+            .find_map(|p| p.exited().map(|_| p.name.clone()))
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "mesh logs (run dir {}):{}",
+                self.run_dir.display(),
+                self.dump_logs()
+            );
+        }
+        self.shutdown();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.run_dir);
+        }
+    }
+}
+
+/// Apps reach every Service through one outbound listener (one HTTP proxy
+/// address), which stands for Istio's outbound listener of that port.
+fn single_service_port(topology: &Topology) -> Result<u16> {
+    let mut ports: Vec<u16> = topology
+        .services
+        .iter()
+        .flat_map(|s| s.ports.iter().map(|(port, _)| *port))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    match ports.as_slice() {
+        [port] => Ok(*port),
+        [] => bail!("the manifests define no Service"),
+        several => bail!("the local mesh gives apps one outbound listener; Services use several ports {several:?}"),
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars().fold(String::new(), |mut out, c| {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
+}

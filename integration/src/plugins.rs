@@ -1,0 +1,709 @@
+//! `WasmPlugin` → Envoy HTTP filters, following istiod and istio-agent
+//! (Istio 1.30). Each rule cites the code it follows.
+
+use crate::istio::WasmPluginSpec;
+use crate::resources::{labels_match, Resource, ROOT_NAMESPACE};
+use anyhow::{bail, Result};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where a filter chain sits, which decides `match.mode`
+/// (pilot/pkg/model/extensions.go `workloadModeForListenerClass`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerClass {
+    SidecarInbound,
+    SidecarOutbound,
+    Gateway,
+}
+
+impl ListenerClass {
+    /// Gateways count as CLIENT, so `mode: SERVER` never applies to them.
+    fn workload_mode(self) -> &'static str {
+        match self {
+            Self::SidecarInbound => "SERVER",
+            Self::SidecarOutbound | Self::Gateway => "CLIENT",
+        }
+    }
+}
+
+/// Filter-chain phases in chain order (pilot/pkg/networking/core/listener_builder.go:
+/// AUTHN, then jwt_authn, AUTHZ, then rbac, then STATS and UNSPECIFIED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Authn,
+    Authz,
+    Stats,
+    Unspecified,
+}
+
+impl Phase {
+    fn parse(text: Option<&str>) -> Result<Self> {
+        Ok(match text.unwrap_or("UNSPECIFIED_PHASE") {
+            "AUTHN" => Self::Authn,
+            "AUTHZ" => Self::Authz,
+            "STATS" => Self::Stats,
+            "UNSPECIFIED_PHASE" => Self::Unspecified,
+            other => bail!("unknown phase {other}"),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Plugin {
+    pub name: String,
+    pub namespace: String,
+    pub source: String,
+    pub order: usize,
+    pub phase: Phase,
+    pub spec: WasmPluginSpec,
+}
+
+impl Plugin {
+    /// Istio 1.30 translates each WasmPlugin into a TrafficExtension; the
+    /// filter and plugin names carry that suffix (pilot/pkg/model/extensions.go).
+    pub fn resource_name(&self) -> String {
+        format!(
+            "{}.{}~istio-translated-wasmplugin",
+            self.namespace, self.name
+        )
+    }
+
+    pub fn filter_name(&self) -> String {
+        format!(
+            "extensions.istio.io/trafficextension/{}",
+            self.resource_name()
+        )
+    }
+
+    fn fail_open(&self) -> bool {
+        self.spec.fail_strategy.as_deref() == Some("FAIL_OPEN")
+    }
+}
+
+/// Reads every WasmPlugin, refusing what istiod's validation would refuse.
+pub fn load(resources: &[Resource]) -> Result<Vec<Plugin>> {
+    resources
+        .iter()
+        .filter(|r| r.group() == "extensions.istio.io" && r.kind == "WasmPlugin")
+        .map(|resource| {
+            let spec: WasmPluginSpec = resource.spec()?;
+            let context = |message: String| {
+                anyhow::anyhow!(
+                    "{}: WasmPlugin {}: {message}",
+                    resource.source,
+                    resource.name
+                )
+            };
+            if spec.url.is_empty() {
+                return Err(context("url is required".into()));
+            }
+            if spec
+                .plugin_type
+                .as_deref()
+                .is_some_and(|t| t != "HTTP" && t != "UNSPECIFIED_PLUGIN_TYPE")
+            {
+                return Err(context("only HTTP plugins run in the local mesh".into()));
+            }
+            // pkg/config/validation: env names unique, HOST values carry no `value`.
+            let mut names = std::collections::HashSet::new();
+            for var in spec.vm_config.iter().flat_map(|vm| &vm.env) {
+                if !names.insert(var.name.as_str()) {
+                    return Err(context(format!("duplicate vmConfig env {}", var.name)));
+                }
+                if var.value_from.as_deref() == Some("HOST") && var.value.is_some() {
+                    return Err(context(format!(
+                        "vmConfig env {} has valueFrom HOST and a value",
+                        var.name
+                    )));
+                }
+            }
+            let phase =
+                Phase::parse(spec.phase.as_deref()).map_err(|err| context(err.to_string()))?;
+            Ok(Plugin {
+                name: resource.name.clone(),
+                namespace: resource.namespace.clone(),
+                source: resource.source.clone(),
+                order: resource.order,
+                phase,
+                spec,
+            })
+        })
+        .collect()
+}
+
+/// The proxy a filter chain is being built for.
+pub struct ProxyView<'a> {
+    pub namespace: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// The plugins for one listener, in filter-chain order.
+pub fn select<'a>(
+    plugins: &'a [Plugin],
+    proxy: &ProxyView<'_>,
+    class: ListenerClass,
+    port: u16,
+) -> Vec<&'a Plugin> {
+    let mut chosen: Vec<&Plugin> = plugins
+        .iter()
+        .filter(|plugin| selects_proxy(plugin, proxy) && matches_listener(plugin, class, port))
+        .collect();
+    // Candidates come from the proxy's namespace, then the root namespace, each
+    // by creation time (pilot/pkg/model/push_context.go); then a stable sort by
+    // priority, higher first, unset counting as MinInt32 (sortByPriority).
+    chosen.sort_by_key(|plugin| (plugin.namespace != proxy.namespace, plugin.order));
+    chosen.sort_by_key(|plugin| {
+        (
+            plugin.phase,
+            std::cmp::Reverse(plugin.spec.priority.unwrap_or(i32::MIN)),
+        )
+    });
+    chosen
+}
+
+/// pilot/pkg/model/policyattachment.go: a policy applies to proxies of its own
+/// namespace, or of every namespace from the root namespace; sidecars and the
+/// classic ingress gateway ignore policies that use targetRefs.
+fn selects_proxy(plugin: &Plugin, proxy: &ProxyView<'_>) -> bool {
+    if plugin.namespace != proxy.namespace && plugin.namespace != ROOT_NAMESPACE {
+        return false;
+    }
+    if !plugin.spec.target_refs.is_empty() || plugin.spec.target_ref.is_some() {
+        return false;
+    }
+    plugin
+        .spec
+        .selector
+        .as_ref()
+        .is_none_or(|selector| labels_match(&selector.match_labels, proxy.labels))
+}
+
+/// pilot/pkg/model/extensions.go `matchTrafficSelectors`: no selector, or any
+/// selector whose mode and ports fit the listener.
+fn matches_listener(plugin: &Plugin, class: ListenerClass, port: u16) -> bool {
+    plugin.spec.traffic_match.is_empty()
+        || plugin.spec.traffic_match.iter().any(|selector| {
+            let mode_fits = match selector.mode.as_deref() {
+                None | Some("UNDEFINED") | Some("CLIENT_AND_SERVER") => true,
+                Some(mode) => mode == class.workload_mode(),
+            };
+            let port_fits = selector.ports.is_empty()
+                || selector.ports.iter().any(|p| p.number == u32::from(port));
+            mode_fits && port_fits
+        })
+}
+
+/// Why a module could not be had: istio-agent then swaps in an RBAC filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchError(pub String);
+
+/// Stands in for istio-agent's fetch: `file://` is used as is; `oci://` and
+/// `http(s)://` URLs map to the locally built `dist/<module>.wasm`, where the
+/// module is the last path segment of the URL without tag, digest or `.wasm`.
+pub struct ModuleStore {
+    pub dist: PathBuf,
+}
+
+impl ModuleStore {
+    pub fn resolve(&self, url: &str, sha256: Option<&str>) -> Result<PathBuf, FetchError> {
+        if let Some(path) = url.strip_prefix("file://") {
+            // Istio passes file:// paths to Envoy untouched (no checksum check).
+            return Ok(PathBuf::from(path));
+        }
+        // A URL without a scheme means oci:// (pilot/pkg/model/extensions.go).
+        let rest = ["oci://", "https://", "http://"]
+            .iter()
+            .find_map(|scheme| url.strip_prefix(scheme))
+            .unwrap_or(url);
+        let last = rest.rsplit('/').next().unwrap_or(rest);
+        let module = last
+            .split(['@', ':'])
+            .next()
+            .unwrap_or(last)
+            .trim_end_matches(".wasm");
+        if module.is_empty() || !rest.contains('/') {
+            return Err(FetchError(format!("cannot parse module URL {url}")));
+        }
+        let path = self.dist.join(format!("{module}.wasm"));
+        let bytes = std::fs::read(&path).map_err(|err| {
+            FetchError(format!(
+                "fetching {url}: no local module {} ({err})",
+                path.display()
+            ))
+        })?;
+        // pkg/wasm: the module must start with the wasm magic.
+        if bytes.len() < 8 || !bytes.starts_with(b"\0asm") {
+            return Err(FetchError(format!("fetched {url} is not a wasm module")));
+        }
+        // "nil" is istiod's placeholder for an unset checksum (pkg/wasm/convert.go).
+        if let Some(expected) = sha256.filter(|s| !s.is_empty() && *s != "nil") {
+            let actual = hex(&Sha256::digest(&bytes));
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(FetchError(format!("module downloaded from {url} has checksum {actual}, which does not match: {expected}")));
+            }
+        }
+        Ok(path)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The HTTP filter Envoy gets for a plugin: the wasm filter as istio-agent
+/// rewrites it (local file), or on a fetch failure the RBAC filter the agent
+/// substitutes: allow-all for FAIL_OPEN, deny-all otherwise (pkg/wasm/convert.go).
+pub fn http_filter(plugin: &Plugin, modules: &ModuleStore) -> (Value, Option<FetchError>) {
+    match modules.resolve(&plugin.spec.url, plugin.spec.sha256.as_deref()) {
+        Ok(path) => (wasm_filter(plugin, &path), None),
+        Err(err) => {
+            let rbac = if plugin.fail_open() {
+                json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", "rules_stat_prefix": "wasm-default-allow"})
+            } else {
+                json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", "rules": {}, "rules_stat_prefix": "wasm-default-deny"})
+            };
+            (
+                json!({"name": plugin.filter_name(), "typed_config": rbac}),
+                Some(err),
+            )
+        }
+    }
+}
+
+fn wasm_filter(plugin: &Plugin, module: &Path) -> Value {
+    let spec = &plugin.spec;
+    let mut config = Map::new();
+    config.insert("name".into(), json!(plugin.resource_name()));
+    if let Some(root_id) = spec.plugin_name.as_deref().filter(|name| !name.is_empty()) {
+        config.insert("root_id".into(), json!(root_id));
+    }
+    // An empty pluginConfig gives an empty Any: the plugin sees 0 bytes.
+    if let Some(plugin_config) = spec.plugin_config.as_ref().filter(|map| !map.is_empty()) {
+        config.insert(
+            "configuration".into(),
+            json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": go_jsonpb(&Value::Object(plugin_config.clone()))}),
+        );
+    }
+    let failure_policy = match spec.fail_strategy.as_deref() {
+        Some("FAIL_OPEN") => "FAIL_OPEN",
+        Some("FAIL_RELOAD") => "FAIL_RELOAD",
+        _ => "FAIL_CLOSED",
+    };
+    config.insert("failure_policy".into(), json!(failure_policy));
+    let mut vm = json!({
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": module.display().to_string()}},
+    });
+    // INLINE env become key_values, HOST env host_env_keys; ISTIO_META_* keys
+    // are stripped and an empty block is dropped (pkg/wasm/convert.go).
+    let mut key_values = Map::new();
+    let mut host_keys = Vec::new();
+    for var in spec.vm_config.iter().flat_map(|vm| &vm.env) {
+        if var.name.starts_with("ISTIO_META_") {
+            continue;
+        }
+        if var.value_from.as_deref() == Some("HOST") {
+            host_keys.push(json!(var.name));
+        } else {
+            key_values.insert(
+                var.name.clone(),
+                json!(var.value.clone().unwrap_or_default()),
+            );
+        }
+    }
+    if !key_values.is_empty() || !host_keys.is_empty() {
+        vm["environment_variables"] = json!({"key_values": key_values, "host_env_keys": host_keys});
+    }
+    config.insert("vm_config".into(), vm);
+    json!({
+        "name": plugin.filter_name(),
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config},
+    })
+}
+
+/// `pluginConfig` as istiod encodes it (protomarshal.ToJSON, legacy jsonpb):
+/// compact, keys sorted bytewise, numbers as float64 printed like Go's
+/// encoding/json, and `<`, `>`, `&`, U+2028, U+2029 escaped.
+pub fn go_jsonpb(value: &Value) -> String {
+    let mut out = String::new();
+    write_go_json(value, &mut out);
+    out
+}
+
+fn write_go_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(number) => out.push_str(&go_float(number.as_f64().unwrap_or(0.0))),
+        Value::String(text) => write_go_string(text, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_go_json(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (index, (key, item)) in entries.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_go_string(key, out);
+                out.push(':');
+                write_go_json(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_go_string(text: &str, out: &mut String) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Go's `strconv.FormatFloat(f, 'f' or 'e', -1, 64)` as encoding/json picks it.
+fn go_float(value: f64) -> String {
+    let abs = value.abs();
+    if abs != 0.0 && !(1e-6..1e21).contains(&abs) {
+        let text = format!("{value:e}");
+        match text.split_once('e') {
+            Some((mantissa, exponent)) if !exponent.starts_with('-') => {
+                format!("{mantissa}e+{exponent}")
+            }
+            _ => text,
+        }
+    } else {
+        format!("{value}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::parse_documents;
+
+    fn plugins(yaml: &str) -> Vec<Plugin> {
+        load(&parse_documents("p.yaml", yaml, 0).unwrap()).unwrap()
+    }
+
+    fn plugin_doc(name: &str, namespace: &str, extra: &str) -> String {
+        format!("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  url: oci://ghcr.io/x/{name}:1\n{extra}\n---\n")
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn names(chosen: Vec<&Plugin>) -> Vec<&str> {
+        chosen.into_iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn selection_by_namespace_root_namespace_and_labels() {
+        let all = plugins(
+            &[
+                plugin_doc("mine", "shop", "  selector: {matchLabels: {app: order}}"),
+                plugin_doc(
+                    "other-app",
+                    "shop",
+                    "  selector: {matchLabels: {app: payment}}",
+                ),
+                plugin_doc("other-ns", "bank", ""),
+                plugin_doc("mesh-wide", "istio-system", ""),
+                plugin_doc(
+                    "targeted",
+                    "shop",
+                    "  targetRefs: [{kind: Service, name: order}]",
+                ),
+            ]
+            .concat(),
+        );
+        let order = labels(&[("app", "order")]);
+        let proxy = ProxyView {
+            namespace: "shop",
+            labels: &order,
+        };
+        assert_eq!(
+            names(select(&all, &proxy, ListenerClass::SidecarInbound, 8080)),
+            vec!["mine", "mesh-wide"]
+        );
+    }
+
+    #[test]
+    fn match_mode_and_ports() {
+        let all = plugins(
+            &[
+                plugin_doc("server", "shop", "  match: [{mode: SERVER}]"),
+                plugin_doc("client", "shop", "  match: [{mode: CLIENT}]"),
+                plugin_doc(
+                    "both",
+                    "shop",
+                    "  match: [{mode: CLIENT_AND_SERVER, ports: [{number: 9090}]}]",
+                ),
+                plugin_doc("port", "shop", "  match: [{ports: [{number: 8080}]}]"),
+            ]
+            .concat(),
+        );
+        let none = labels(&[]);
+        let proxy = ProxyView {
+            namespace: "shop",
+            labels: &none,
+        };
+        assert_eq!(
+            names(select(&all, &proxy, ListenerClass::SidecarInbound, 8080)),
+            vec!["server", "port"]
+        );
+        assert_eq!(
+            names(select(&all, &proxy, ListenerClass::SidecarOutbound, 9090)),
+            vec!["client", "both"]
+        );
+        // Gateways are CLIENT: mode SERVER never applies to them.
+        assert_eq!(
+            names(select(&all, &proxy, ListenerClass::Gateway, 8080)),
+            vec!["client", "port"]
+        );
+    }
+
+    #[test]
+    fn phase_then_priority_then_namespace_then_creation() {
+        let all = plugins(
+            &[
+                plugin_doc("stats", "shop", "  phase: STATS\n  priority: 100"),
+                plugin_doc("unset-priority", "shop", "  phase: AUTHN"),
+                plugin_doc("negative", "shop", "  phase: AUTHN\n  priority: -5"),
+                plugin_doc(
+                    "root-high",
+                    "istio-system",
+                    "  phase: AUTHN\n  priority: 10",
+                ),
+                plugin_doc("tie-root", "istio-system", "  phase: AUTHN\n  priority: 1"),
+                plugin_doc("tie-local-late", "shop", "  phase: AUTHN\n  priority: 1"),
+                plugin_doc("unspecified", "shop", ""),
+                plugin_doc("authz", "shop", "  phase: AUTHZ"),
+            ]
+            .concat(),
+        );
+        let none = labels(&[]);
+        let proxy = ProxyView {
+            namespace: "shop",
+            labels: &none,
+        };
+        assert_eq!(
+            names(select(&all, &proxy, ListenerClass::SidecarInbound, 8080)),
+            vec![
+                "root-high",
+                "tie-local-late",
+                "tie-root",
+                "negative",
+                "unset-priority",
+                "authz",
+                "stats",
+                "unspecified"
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_plugins_are_refused() {
+        for (extra, message) in [
+            ("  phase: EARLY", "unknown phase"),
+            (
+                "  vmConfig: {env: [{name: A, value: x}, {name: A, value: y}]}",
+                "duplicate",
+            ),
+            (
+                "  vmConfig: {env: [{name: A, valueFrom: HOST, value: x}]}",
+                "HOST",
+            ),
+            ("  type: NETWORK", "only HTTP"),
+        ] {
+            let resources =
+                parse_documents("p.yaml", &plugin_doc("bad", "shop", extra), 0).unwrap();
+            let err = load(&resources).unwrap_err().to_string();
+            assert!(err.contains(message), "{extra}: {err}");
+            assert!(err.contains("WasmPlugin bad"), "{err}");
+        }
+    }
+
+    #[test]
+    fn plugin_config_is_encoded_like_istiod() {
+        let config = serde_json::json!({"b": "x<y&z>", "a": 5, "n": {"z": true, "y": null}, "f": 1.5, "big": 1e21, "tiny": 1e-7, "list": [1, "2"]});
+        assert_eq!(
+            go_jsonpb(&config),
+            r#"{"a":5,"b":"x\u003cy\u0026z\u003e","big":1e+21,"f":1.5,"list":[1,"2"],"n":{"y":null,"z":true},"tiny":1e-7}"#
+        );
+    }
+
+    fn store_with(module: &[u8]) -> (tempdir::Dir, ModuleStore) {
+        let dir = tempdir::Dir::new();
+        std::fs::write(dir.path().join("authz.wasm"), module).unwrap();
+        let store = ModuleStore {
+            dist: dir.path().to_owned(),
+        };
+        (dir, store)
+    }
+
+    #[test]
+    fn urls_map_to_local_modules_with_checksum() {
+        let module = b"\0asm\x01\0\0\0";
+        let (_dir, store) = store_with(module);
+        let sha = hex(&Sha256::digest(module));
+        for url in [
+            "oci://ghcr.io/meshwasm/authz:0.1.0",
+            "ghcr.io/meshwasm/authz@sha256:abc",
+            "https://example.com/m/authz.wasm",
+        ] {
+            assert!(store.resolve(url, None).is_ok(), "{url}");
+        }
+        assert!(store
+            .resolve("oci://ghcr.io/meshwasm/authz:0.1.0", Some(&sha))
+            .is_ok());
+        assert!(store
+            .resolve("oci://ghcr.io/meshwasm/authz:0.1.0", Some("nil"))
+            .is_ok());
+        let err = store
+            .resolve("oci://ghcr.io/meshwasm/authz:0.1.0", Some(&"0".repeat(64)))
+            .unwrap_err();
+        assert!(err.0.contains("does not match"), "{err:?}");
+        assert!(store
+            .resolve("oci://ghcr.io/meshwasm/missing:1", None)
+            .is_err());
+        assert_eq!(
+            store.resolve("file:///opt/x.wasm", Some("bad")).unwrap(),
+            PathBuf::from("/opt/x.wasm")
+        );
+    }
+
+    #[test]
+    fn non_wasm_module_is_a_fetch_failure() {
+        let (_dir, store) = store_with(b"<html>not found</html>");
+        assert!(store
+            .resolve("oci://r/authz:1", None)
+            .unwrap_err()
+            .0
+            .contains("not a wasm module"));
+    }
+
+    #[test]
+    fn fetch_failure_becomes_rbac_per_fail_strategy() {
+        let store = ModuleStore {
+            dist: PathBuf::from("/nonexistent"),
+        };
+        let all = plugins(
+            &[
+                plugin_doc("closed", "shop", ""),
+                plugin_doc("open", "shop", "  failStrategy: FAIL_OPEN"),
+            ]
+            .concat(),
+        );
+        let (closed, err) = http_filter(&all[0], &store);
+        assert!(err.is_some());
+        assert_eq!(
+            closed["typed_config"]["rules_stat_prefix"],
+            "wasm-default-deny"
+        );
+        assert_eq!(closed["typed_config"]["rules"], serde_json::json!({}));
+        assert_eq!(
+            closed["name"],
+            "extensions.istio.io/trafficextension/shop.closed~istio-translated-wasmplugin"
+        );
+        let (open, _) = http_filter(&all[1], &store);
+        assert_eq!(
+            open["typed_config"]["rules_stat_prefix"],
+            "wasm-default-allow"
+        );
+        assert!(open["typed_config"].get("rules").is_none());
+    }
+
+    #[test]
+    fn wasm_filter_carries_root_id_config_policy_and_env() {
+        let module = b"\0asm\x01\0\0\0";
+        let (_dir, store) = store_with(module);
+        let all = plugins(&plugin_doc(
+            "authz",
+            "shop",
+            "  pluginName: authz_root\n  failStrategy: FAIL_OPEN\n  pluginConfig: {b: 1, a: x}\n  vmConfig:\n    env: [{name: POD_NAME, valueFrom: HOST}, {name: MODE, value: strict}, {name: ISTIO_META_X, value: y}]",
+        ));
+        let (filter, err) = http_filter(&all[0], &store);
+        assert!(err.is_none());
+        let config = &filter["typed_config"]["config"];
+        assert_eq!(config["root_id"], "authz_root");
+        assert_eq!(config["name"], "shop.authz~istio-translated-wasmplugin");
+        assert_eq!(config["failure_policy"], "FAIL_OPEN");
+        assert_eq!(config["configuration"]["value"], r#"{"a":"x","b":1}"#);
+        assert_eq!(config["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
+        assert!(config["vm_config"].get("vm_id").is_none());
+        assert_eq!(
+            config["vm_config"]["environment_variables"],
+            serde_json::json!({"key_values": {"MODE": "strict"}, "host_env_keys": ["POD_NAME"]})
+        );
+    }
+
+    #[test]
+    fn defaults_fail_closed_without_config_or_env() {
+        let (_dir, store) = store_with(b"\0asm\x01\0\0\0");
+        let all = plugins(&plugin_doc("authz", "shop", ""));
+        let (filter, _) = http_filter(&all[0], &store);
+        let config = &filter["typed_config"]["config"];
+        assert_eq!(config["failure_policy"], "FAIL_CLOSED");
+        assert!(config.get("configuration").is_none());
+        assert!(config.get("root_id").is_none());
+        assert!(config["vm_config"].get("environment_variables").is_none());
+    }
+
+    /// A self-removing temporary folder (no extra crate needed).
+    mod tempdir {
+        use std::path::{Path, PathBuf};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        pub struct Dir(PathBuf);
+
+        impl Dir {
+            pub fn new() -> Self {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "meshwasm-test-{}-{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::create_dir_all(&path).unwrap();
+                Self(path)
+            }
+            pub fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+}
