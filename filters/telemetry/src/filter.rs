@@ -56,13 +56,14 @@ impl VmState {
     }
 
     /// This proxy's workload: configured, else Istio node metadata
-    /// (`WORKLOAD_NAME`, then the `app` label), else `unknown`.
+    /// (`WORKLOAD_NAME`, then the `app` label), else `unknown`. Envoy 1.36
+    /// and 1.40 serve the node under `xds.node` only (`node` is not found).
     fn workload(&mut self) -> String {
         if let Some(name) = &self.workload {
             return name.clone();
         }
-        let name = string_property(vec!["node", "metadata", "WORKLOAD_NAME"])
-            .or_else(|| string_property(vec!["node", "metadata", "LABELS", "app"]))
+        let name = string_property(vec!["xds", "node", "metadata", "WORKLOAD_NAME"])
+            .or_else(|| string_property(vec!["xds", "node", "metadata", "LABELS", "app"]))
             .filter(|name| !name.is_empty())
             .unwrap_or_else(|| UNKNOWN.to_owned());
         self.workload = Some(name.clone());
@@ -172,8 +173,10 @@ impl TelemetryHttp {
         match setting {
             ReporterSetting::Inbound => Reporter::Inbound,
             ReporterSetting::Outbound => Reporter::Outbound,
+            // `xds.listener_direction` on Envoy 1.36 and 1.40; the top-level
+            // `listener_direction` of older docs is not found there.
             ReporterSetting::Auto => {
-                Reporter::from_listener_direction(i64_property(vec!["listener_direction"]))
+                Reporter::from_listener_direction(i64_property(vec!["xds", "listener_direction"]))
             }
         }
     }
