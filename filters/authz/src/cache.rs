@@ -108,8 +108,13 @@ impl SharedCache {
         if self.slots == 0 {
             return None;
         }
-        let index = u64::from_be_bytes([hash[0], hash[1], hash[2], hash[3], hash[4], hash[5], hash[6], hash[7]]);
-        Some(format!("meshwasm.authz.v1.token.{}", index % self.slots as u64))
+        let index = u64::from_be_bytes([
+            hash[0], hash[1], hash[2], hash[3], hash[4], hash[5], hash[6], hash[7],
+        ]);
+        Some(format!(
+            "meshwasm.authz.v1.token.{}",
+            index % self.slots as u64
+        ))
     }
 
     pub fn get(&self, store: &dyn SharedStore, hash: &TokenHash) -> Option<Verified> {

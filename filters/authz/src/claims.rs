@@ -9,7 +9,8 @@ pub fn lookup<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
     if let Some(value) = claims.get(path) {
         return Some(value);
     }
-    path.split('.').try_fold(claims, |value, key| value.get(key))
+    path.split('.')
+        .try_fold(claims, |value, key| value.get(key))
 }
 
 /// A scalar claim as text (`"alice"` → `alice`, `3` → `3`); objects and

@@ -308,7 +308,9 @@ impl Provider {
 
     /// Where this provider looks for tokens (the default when none is set).
     pub fn header_locations(&self) -> Vec<HeaderLocation> {
-        if self.from_headers.is_empty() && self.from_params.is_empty() && self.from_cookies.is_empty()
+        if self.from_headers.is_empty()
+            && self.from_params.is_empty()
+            && self.from_cookies.is_empty()
         {
             vec![HeaderLocation {
                 name: "authorization".to_owned(),
@@ -365,7 +367,10 @@ impl Validate for Provider {
             return Err(ConfigError::new("issuer", "must not be empty"));
         }
         if self.algorithms.is_empty() {
-            return Err(ConfigError::new("algorithms", "must list at least one algorithm"));
+            return Err(ConfigError::new(
+                "algorithms",
+                "must list at least one algorithm",
+            ));
         }
         if self.jwks.is_none() && self.jwks_uri.is_none() {
             return Err(ConfigError::new("jwks", "set `jwks` and/or `jwks_uri`"));
@@ -401,7 +406,10 @@ impl Validate for Provider {
                 }
             }
         } else if self.jwks_cluster.is_some() {
-            return Err(ConfigError::new("jwks_cluster", "only allowed with `jwks_uri`"));
+            return Err(ConfigError::new(
+                "jwks_cluster",
+                "only allowed with `jwks_uri`",
+            ));
         }
         for (field, value) in [
             ("jwks_cache_duration", self.jwks_cache_duration),
@@ -474,7 +482,10 @@ impl Validate for Rule {
         if self.name.trim().is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
         }
-        for (field, methods) in [("methods", &self.methods), ("not_methods", &self.not_methods)] {
+        for (field, methods) in [
+            ("methods", &self.methods),
+            ("not_methods", &self.not_methods),
+        ] {
             for (index, method) in methods.iter().enumerate() {
                 if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
                     return Err(ConfigError::new(
@@ -517,14 +528,21 @@ impl Validate for ClaimCondition {
         }
         if self.present == Some(false) || self.absent == Some(false) {
             return Err(ConfigError::new(
-                if self.present.is_some() { "present" } else { "absent" },
+                if self.present.is_some() {
+                    "present"
+                } else {
+                    "absent"
+                },
                 "only `true` is meaningful (use the other one)",
             ));
         }
         for (field, value) in [("equals", &self.equals), ("contains", &self.contains)] {
             if let Some(value) = value {
                 if value.is_object() || value.is_array() || value.is_null() {
-                    return Err(ConfigError::new(field, "must be a string, number or boolean"));
+                    return Err(ConfigError::new(
+                        field,
+                        "must be a string, number or boolean",
+                    ));
                 }
             }
         }
@@ -553,7 +571,10 @@ impl Validate for AuthzConfig {
         }
         validate_all(&self.rules).map_err(|err| err.within("rules"))?;
         for (index, rule) in self.rules.iter().enumerate() {
-            if self.rules[..index].iter().any(|other| other.name == rule.name) {
+            if self.rules[..index]
+                .iter()
+                .any(|other| other.name == rule.name)
+            {
                 return Err(ConfigError::new(
                     format!("rules[{index}].name"),
                     format!("rule name `{}` is used twice", rule.name),
@@ -601,7 +622,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named() {
-        assert_eq!(err(&provider_json(r#","forwrd":true"#)).field, "providers[0].forwrd");
+        assert_eq!(
+            err(&provider_json(r#","forwrd":true"#)).field,
+            "providers[0].forwrd"
+        );
         assert_eq!(
             err(r#"{"rules":[{"name":"a","action":"ALLOW","pathz":["/"]}]}"#).field,
             "rules[0].pathz"
@@ -610,16 +634,34 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        assert_eq!(err(&provider_json(r#","algorithms":["none"]"#)).field, "providers[0].algorithms[0]");
-        assert_eq!(err(&provider_json(r#","clock_skew":"60"#)).field, "providers[0].clock_skew");
-        assert_eq!(err(&provider_json(r#","max_token_bytes":10"#)).field, "providers[0].max_token_bytes");
+        assert_eq!(
+            err(&provider_json(r#","algorithms":["none"]"#)).field,
+            "providers[0].algorithms[0]"
+        );
+        assert_eq!(
+            err(&provider_json(r#","clock_skew":"60"#)).field,
+            "providers[0].clock_skew"
+        );
+        assert_eq!(
+            err(&provider_json(r#","max_token_bytes":10"#)).field,
+            "providers[0].max_token_bytes"
+        );
         assert_eq!(
             err(&provider_json(r#","jwks_uri":"http://jwks/keys""#)).field,
             "providers[0].jwks_cluster"
         );
-        assert_eq!(err(&provider_json(r#","jwks_uri":"jwks/keys","jwks_cluster":"c""#)).field, "providers[0].jwks_uri");
         assert_eq!(
-            err(&provider_json(r#","claims_to_headers":[{"claim":"a..b","header":"x"}]"#)).field,
+            err(&provider_json(
+                r#","jwks_uri":"jwks/keys","jwks_cluster":"c""#
+            ))
+            .field,
+            "providers[0].jwks_uri"
+        );
+        assert_eq!(
+            err(&provider_json(
+                r#","claims_to_headers":[{"claim":"a..b","header":"x"}]"#
+            ))
+            .field,
             "providers[0].claims_to_headers[0].claim"
         );
         assert_eq!(
@@ -649,11 +691,26 @@ mod tests {
         let base = r#"{"rules":[{"name":"a","action":"ALLOW","claims":[CLAIM]}]}"#;
         let bad = [
             (r#"{"claim":"groups"}"#, "rules[0].claims[0]"),
-            (r#"{"claim":"groups","equals":"a","present":true}"#, "rules[0].claims[0]"),
-            (r#"{"claim":"groups","present":false}"#, "rules[0].claims[0].present"),
-            (r#"{"claim":"groups","one_of":[]}"#, "rules[0].claims[0].one_of"),
-            (r#"{"claim":"groups","equals":{"a":1}}"#, "rules[0].claims[0].equals"),
-            (r#"{"claim":".groups","absent":true}"#, "rules[0].claims[0].claim"),
+            (
+                r#"{"claim":"groups","equals":"a","present":true}"#,
+                "rules[0].claims[0]",
+            ),
+            (
+                r#"{"claim":"groups","present":false}"#,
+                "rules[0].claims[0].present",
+            ),
+            (
+                r#"{"claim":"groups","one_of":[]}"#,
+                "rules[0].claims[0].one_of",
+            ),
+            (
+                r#"{"claim":"groups","equals":{"a":1}}"#,
+                "rules[0].claims[0].equals",
+            ),
+            (
+                r#"{"claim":".groups","absent":true}"#,
+                "rules[0].claims[0].claim",
+            ),
         ];
         for (claim, field) in bad {
             assert_eq!(err(&base.replace("CLAIM", claim)).field, field, "{claim}");
@@ -692,6 +749,9 @@ mod tests {
         assert!(StringMatch::parse("*b").matches("ab"));
         assert!(!StringMatch::parse("a").matches("ab"));
         assert!(StringMatch::parse("*.Example.com").matches_ignore_case("api.example.COM"));
-        assert!(err(r#"{"rules":[{"name":"a","action":"ALLOW","hosts":["a*b*"]}]}"#).field == "rules[0].hosts[0]");
+        assert!(
+            err(r#"{"rules":[{"name":"a","action":"ALLOW","hosts":["a*b*"]}]}"#).field
+                == "rules[0].hosts[0]"
+        );
     }
 }

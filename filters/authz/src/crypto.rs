@@ -83,8 +83,12 @@ impl Verifier<Vec<u8>> for RingVerifier {
             signature::Error::new()
         }
         if let Some(hmac_alg) = hmac_algorithm(self.algorithm) {
-            let secret = self.key.try_get_as_bytes().map_err(|_| signature::Error::new())?;
-            return hmac::verify(&hmac::Key::new(hmac_alg, secret), message, signature).map_err(bad);
+            let secret = self
+                .key
+                .try_get_as_bytes()
+                .map_err(|_| signature::Error::new())?;
+            return hmac::verify(&hmac::Key::new(hmac_alg, secret), message, signature)
+                .map_err(bad);
         }
         if let Some(params) = rsa_parameters(self.algorithm) {
             return match self.key.kind() {
@@ -96,7 +100,10 @@ impl Verifier<Vec<u8>> for RingVerifier {
                     .map_err(bad),
             };
         }
-        let point = self.key.try_get_as_bytes().map_err(|_| signature::Error::new())?;
+        let point = self
+            .key
+            .try_get_as_bytes()
+            .map_err(|_| signature::Error::new())?;
         if let Some(ecdsa) = ecdsa_verification(self.algorithm) {
             return UnparsedPublicKey::new(ecdsa, point)
                 .verify(message, signature)
@@ -156,7 +163,8 @@ impl Signer<Vec<u8>> for RingSigner {
                 .or_else(|_| sig::RsaKeyPair::from_pkcs8(der))
                 .map_err(bad)?;
             let mut out = vec![0; pair.public().modulus_len()];
-            pair.sign(padding, &random, message, &mut out).map_err(bad)?;
+            pair.sign(padding, &random, message, &mut out)
+                .map_err(bad)?;
             return Ok(out);
         }
         let ecdsa = match self.algorithm {

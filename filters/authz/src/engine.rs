@@ -45,7 +45,9 @@ pub enum Outcome {
     Deny(Denial),
     /// The token names a `kid` that no key of this remote provider has: the
     /// glue may refetch the provider's JWKS and decide again.
-    UnknownKey { provider: usize },
+    UnknownKey {
+        provider: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -155,7 +157,12 @@ impl Engine {
     fn ambiguous_token(&self) -> Denial {
         let description = "the token was sent in more than one place";
         Denial {
-            problem: Problem::new(401, "token-ambiguous", "Token sent more than once", description),
+            problem: Problem::new(
+                401,
+                "token-ambiguous",
+                "Token sent more than once",
+                description,
+            ),
             challenge: Some(self.challenge(Some(("invalid_request", description)))),
         }
     }
@@ -186,7 +193,11 @@ impl Engine {
             }),
         };
         if let Some(hit) = cached {
-            let provider = self.config.providers.get(hit.provider).ok_or(Ok(TokenError::IssuerUnknown))?;
+            let provider = self
+                .config
+                .providers
+                .get(hit.provider)
+                .ok_or(Ok(TokenError::IssuerUnknown))?;
             return match verify::check_times(&hit.claims, provider, now) {
                 Ok(()) => Ok((hit, true)),
                 Err(err) => {
@@ -195,7 +206,8 @@ impl Engine {
                 }
             };
         }
-        let parsed = verify::parse(token, &self.config.providers, self.max_token_bytes).map_err(Ok)?;
+        let parsed =
+            verify::parse(token, &self.config.providers, self.max_token_bytes).map_err(Ok)?;
         let provider = self
             .config
             .providers

@@ -83,7 +83,9 @@ fn own_algorithm(jwk: &Jwk) -> Option<Result<Algorithm, String>> {
         KeyAlgorithm::RSA1_5 | KeyAlgorithm::RSA_OAEP | KeyAlgorithm::RSA_OAEP_256 => {
             Err(format!("alg {name} is an encryption algorithm"))
         }
-        _ => name.parse::<Algorithm>().map_err(|_| format!("alg {name} is not supported")),
+        _ => name
+            .parse::<Algorithm>()
+            .map_err(|_| format!("alg {name} is not supported")),
     })
 }
 

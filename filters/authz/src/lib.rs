@@ -7,6 +7,8 @@ pub mod claims;
 pub mod config;
 pub mod crypto;
 pub mod engine;
+pub mod filter;
+pub mod jwks;
 pub mod keys;
 pub mod rules;
 pub mod token;
@@ -14,3 +16,10 @@ pub mod verify;
 
 #[cfg(test)]
 mod tests;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(filter::AuthzRoot::default())
+    });
+}}

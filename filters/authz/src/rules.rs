@@ -40,7 +40,8 @@ pub struct Evaluation {
 fn strip_port(host: &str) -> &str {
     match host.rsplit_once(':') {
         Some((name, port))
-            if port.bytes().all(|b| b.is_ascii_digit()) && (!name.contains(':') || name.ends_with(']')) =>
+            if port.bytes().all(|b| b.is_ascii_digit())
+                && (!name.contains(':') || name.ends_with(']')) =>
         {
             name
         }
@@ -73,7 +74,9 @@ fn claim_holds(condition: &ClaimCondition, claims: Option<&Value>) -> bool {
     }
     if let Some(options) = &condition.one_of {
         return match value {
-            Value::Array(items) => items.iter().any(|item| options.iter().any(|want| same(want, item))),
+            Value::Array(items) => items
+                .iter()
+                .any(|item| options.iter().any(|want| same(want, item))),
             scalar => options.iter().any(|want| same(want, scalar)),
         };
     }
@@ -117,7 +120,9 @@ pub fn rule_matches(rule: &Rule, request: &RequestView) -> bool {
                 .map(|(_, value)| value.as_str())
                 .collect();
             !values.is_empty()
-                && any_or_empty(&condition.values, |want| values.iter().any(|v| want.matches(v)))
+                && any_or_empty(&condition.values, |want| {
+                    values.iter().any(|v| want.matches(v))
+                })
         })
         && any_or_empty(&rule.request_principals, principal_matches)
         && none(&rule.not_request_principals, principal_matches)

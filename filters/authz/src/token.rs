@@ -6,7 +6,10 @@ use meshwasm_shared::headers;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Location {
     /// A header whose value starts with `prefix` (compared case-insensitively).
-    Header { name: String, prefix: String },
+    Header {
+        name: String,
+        prefix: String,
+    },
     Param(String),
     Cookie(String),
 }
@@ -14,13 +17,20 @@ pub enum Location {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Extracted {
     Missing,
-    Found { token: String, location: Location },
+    Found {
+        token: String,
+        location: Location,
+    },
     /// Sent in two places (or twice in one): `invalid_request`.
     Ambiguous,
 }
 
 /// Looks at every configured location; `path` is the raw `:path`.
-pub fn extract(locations: &[Location], request_headers: &[(String, String)], path: &str) -> Extracted {
+pub fn extract(
+    locations: &[Location],
+    request_headers: &[(String, String)],
+    path: &str,
+) -> Extracted {
     let mut found: Option<(String, Location)> = None;
     let mut seen = 0usize;
     let mut take = |token: &str, location: &Location| {
@@ -93,7 +103,10 @@ mod tests {
     use super::*;
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn bearer() -> Location {
@@ -124,7 +137,10 @@ mod tests {
 
     #[test]
     fn each_location_is_read() {
-        assert_eq!(extract(&all(), &h(&[("authorization", "bearer a.b.c")]), "/"), found("a.b.c", bearer()));
+        assert_eq!(
+            extract(&all(), &h(&[("authorization", "bearer a.b.c")]), "/"),
+            found("a.b.c", bearer())
+        );
         assert_eq!(
             extract(&all(), &h(&[("x-token", "t")]), "/"),
             found("t", all()[1].clone())
@@ -141,8 +157,14 @@ mod tests {
 
     #[test]
     fn other_schemes_and_absence_are_missing() {
-        assert_eq!(extract(&all(), &h(&[("authorization", "Basic YTpi")]), "/"), Extracted::Missing);
-        assert_eq!(extract(&all(), &h(&[("cookie", "other=1")]), "/?x=1"), Extracted::Missing);
+        assert_eq!(
+            extract(&all(), &h(&[("authorization", "Basic YTpi")]), "/"),
+            Extracted::Missing
+        );
+        assert_eq!(
+            extract(&all(), &h(&[("cookie", "other=1")]), "/?x=1"),
+            Extracted::Missing
+        );
     }
 
     #[test]
@@ -152,7 +174,11 @@ mod tests {
         let twice = h(&[("authorization", "Bearer a"), ("authorization", "Bearer a")]);
         assert_eq!(extract(&all(), &twice, "/"), Extracted::Ambiguous);
         assert_eq!(
-            extract(&all(), &h(&[("authorization", "Bearer a")]), "/?access_token=a"),
+            extract(
+                &all(),
+                &h(&[("authorization", "Bearer a")]),
+                "/?access_token=a"
+            ),
             Extracted::Ambiguous
         );
     }

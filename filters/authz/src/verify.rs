@@ -252,8 +252,14 @@ pub fn verify(
         });
     };
     check_claims(&claims, provider, now)?;
-    let issuer = claims.get("iss").and_then(Value::as_str).unwrap_or_default();
-    let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default();
+    let issuer = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     Ok(Verified {
         provider: parsed.provider,
         principal: format!("{issuer}/{subject}"),

@@ -1,0 +1,483 @@
+//! proxy-wasm glue: configuration, JWKS fetching on a tick and on unknown
+//! `kid`, and the request decision applied to the stream.
+
+use crate::config::{split_uri, AuthzConfig};
+use crate::engine::{Allowed, Denial, Engine, Outcome, Request};
+use crate::jwks::{self, Reason};
+use crate::keys::KeySet;
+use crate::token::{self, Location};
+use meshwasm_shared::headers;
+use meshwasm_shared::metrics::{tagged_name, Metrics};
+use meshwasm_shared::shared_data::HostStore;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+pub const RESULT_KEY: &str = "meshwasm.authz.result";
+pub const PRINCIPAL_KEY: &str = "meshwasm.authz.principal";
+pub const CLAIMS_KEY: &str = "meshwasm.authz.claims";
+
+const REQUESTS_TOTAL: &str = "meshwasm_authz_requests_total";
+const DRY_RUN_TOTAL: &str = "meshwasm_authz_dry_run_denies_total";
+const JWKS_FETCHES_TOTAL: &str = "meshwasm_authz_jwks_fetches_total";
+const CACHE_TOTAL: &str = "meshwasm_authz_token_cache_total";
+
+/// How often workers look for JWKS updates and due fetches.
+const TICK: Duration = Duration::from_secs(1);
+/// Largest JWKS document accepted from a fetch.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// What the root context and its HTTP contexts share (one per worker).
+struct State {
+    engine: Engine,
+    remote: Vec<Option<Rc<KeySet>>>,
+    /// `fetched_at` of the record each remote set was loaded from.
+    loaded_at: Vec<u64>,
+    metrics: Metrics,
+}
+
+impl State {
+    /// Reloads a provider's key set when another worker stored a newer one.
+    fn sync_keys(&mut self, index: usize) {
+        let Some(provider) = self.engine.config.providers.get(index) else {
+            return;
+        };
+        if !provider.is_remote() {
+            return;
+        }
+        let record = jwks::load(&HostStore, &jwks::record_key(provider));
+        if record.fetched_at == 0 || self.loaded_at.get(index) == Some(&record.fetched_at) {
+            return;
+        }
+        match KeySet::parse_fetched(record.jwks.as_bytes(), &provider.allowed_algorithms()) {
+            Ok(keys) => {
+                if let (Some(slot), Some(loaded)) =
+                    (self.remote.get_mut(index), self.loaded_at.get_mut(index))
+                {
+                    *slot = Some(Rc::new(keys));
+                    *loaded = record.fetched_at;
+                }
+            }
+            Err(err) => log::warn!(
+                "authz: stored JWKS of provider `{}` is unusable: {err}",
+                provider.display_name()
+            ),
+        }
+    }
+
+    fn count_fetch(&mut self, index: usize, result: &str) {
+        let name = self
+            .engine
+            .config
+            .providers
+            .get(index)
+            .map(|p| p.display_name().to_owned())
+            .unwrap_or_default();
+        let metric = tagged_name(
+            JWKS_FETCHES_TOTAL,
+            &[("provider", &name), ("result", result)],
+        );
+        self.metrics.count(&metric, 1);
+    }
+
+    /// Checks a fetch response and stores it for every worker.
+    fn accept_fetch(
+        &mut self,
+        index: usize,
+        status: Option<&str>,
+        body: Option<Vec<u8>>,
+        now: u64,
+    ) {
+        let Some(provider) = self.engine.config.providers.get(index) else {
+            return;
+        };
+        let name = provider.display_name().to_owned();
+        let outcome = match (status, body) {
+            (Some("200"), Some(body)) if body.len() <= MAX_JWKS_BYTES => {
+                match KeySet::parse_fetched(&body, &provider.allowed_algorithms()) {
+                    Ok(_) => String::from_utf8(body).map_err(|_| "not UTF-8".to_owned()),
+                    Err(err) => Err(err.to_string()),
+                }
+            }
+            (Some("200"), Some(_)) => Err(format!("larger than {MAX_JWKS_BYTES} bytes")),
+            (Some(status), _) => Err(format!("status {status}")),
+            (None, _) => Err("no response (timeout or unknown cluster)".to_owned()),
+        };
+        match outcome {
+            Ok(text) => {
+                let key = jwks::record_key(provider);
+                if let Err(err) = jwks::store_success(&HostStore, &key, &text, now) {
+                    log::warn!("authz: JWKS of `{name}` fetched but not shared: {err}");
+                }
+                log::info!("authz: fetched JWKS of provider `{name}`");
+                self.count_fetch(index, "success");
+                self.sync_keys(index);
+            }
+            Err(reason) => {
+                log::warn!("authz: JWKS fetch for provider `{name}` failed ({reason}); keeping the last good keys");
+                self.count_fetch(index, "failure");
+            }
+        }
+    }
+}
+
+fn now_secs(context: &dyn Context) -> u64 {
+    context
+        .get_current_time()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0)
+}
+
+/// Starts a fetch of provider `index`'s JWKS if this worker wins the claim.
+fn start_fetch(
+    context: &dyn Context,
+    state: &State,
+    index: usize,
+    reason: Reason,
+    now: u64,
+) -> Option<u32> {
+    let provider = state.engine.config.providers.get(index)?;
+    let uri = provider.jwks_uri.as_deref()?;
+    let cluster = provider.jwks_cluster.as_deref()?;
+    let (authority, path) = split_uri(uri)?;
+    match jwks::claim(
+        &HostStore,
+        &jwks::record_key(provider),
+        provider,
+        reason,
+        now,
+    ) {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(err) => {
+            log::warn!("authz: could not claim a JWKS fetch: {err}");
+            return None;
+        }
+    }
+    let scheme = if uri.starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
+    let request_headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", authority),
+        (":scheme", scheme),
+        ("accept", "application/json"),
+    ];
+    match context.dispatch_http_call(
+        cluster,
+        request_headers,
+        None,
+        vec![],
+        provider.jwks_fetch_timeout,
+    ) {
+        Ok(token) => Some(token),
+        Err(status) => {
+            log::warn!(
+                "authz: JWKS fetch for provider `{}` not dispatched to cluster `{cluster}`: {status:?}",
+                provider.display_name()
+            );
+            None
+        }
+    }
+}
+
+fn read_fetch_response(
+    context: &dyn Context,
+    body_size: usize,
+) -> (Option<String>, Option<Vec<u8>>) {
+    let status = context
+        .get_http_call_response_headers()
+        .into_iter()
+        .find(|(name, _)| name == ":status")
+        .map(|(_, value)| value);
+    let body = context.get_http_call_response_body(0, body_size);
+    (status, body)
+}
+
+#[derive(Default)]
+pub struct AuthzRoot {
+    state: Option<Rc<RefCell<State>>>,
+    /// Fetches in flight: call token → provider index.
+    fetches: HashMap<u32, usize>,
+}
+
+impl Context for AuthzRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(index) = self.fetches.remove(&token_id) else {
+            return;
+        };
+        let (status, body) = read_fetch_response(self, body_size);
+        let now = now_secs(self);
+        if let Some(state) = &self.state {
+            state
+                .borrow_mut()
+                .accept_fetch(index, status.as_deref(), body, now);
+        }
+    }
+}
+
+impl RootContext for AuthzRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let raw = self.get_plugin_configuration().unwrap_or_default();
+        let config: AuthzConfig = match meshwasm_shared::config::parse(Some(&raw)) {
+            Ok(config) => config,
+            Err(err) => {
+                log::error!("authz: {err}");
+                return false;
+            }
+        };
+        let providers = config.providers.len();
+        let has_remote = config.providers.iter().any(|p| p.is_remote());
+        log::info!(
+            "authz: configured with {providers} provider(s), {} rule(s)",
+            config.rules.len()
+        );
+        self.state = Some(Rc::new(RefCell::new(State {
+            engine: Engine::new(config, &raw),
+            remote: vec![None; providers],
+            loaded_at: vec![0; providers],
+            metrics: Metrics::default(),
+        })));
+        if has_remote {
+            self.set_tick_period(TICK);
+            self.on_tick();
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let now = now_secs(self);
+        let count = state.borrow().engine.config.providers.len();
+        for index in 0..count {
+            state.borrow_mut().sync_keys(index);
+            if let Some(token) = start_fetch(self, &state.borrow(), index, Reason::Refresh, now) {
+                self.fetches.insert(token, index);
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(AuthzRequest {
+            state: self.state.clone(),
+            fetch: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+pub struct AuthzRequest {
+    state: Option<Rc<RefCell<State>>>,
+    /// A JWKS fetch this request waits for: (call token, provider index).
+    fetch: Option<(u32, usize)>,
+}
+
+impl AuthzRequest {
+    fn decide(&self, state: &mut State) -> Outcome {
+        let request_headers = self.get_http_request_headers();
+        let pseudo = |name: &str| {
+            headers::find(&request_headers, name)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (method, authority, path) = (pseudo(":method"), pseudo(":authority"), pseudo(":path"));
+        let request = Request {
+            method: &method,
+            authority: &authority,
+            path: &path,
+            headers: &request_headers,
+        };
+        let now = now_secs(self);
+        let State { engine, remote, .. } = state;
+        engine.decide(&request, remote, &HostStore, now)
+    }
+
+    fn set_state(&self, key: &str, value: &str) {
+        self.set_property(vec![key], Some(value.as_bytes()));
+    }
+
+    fn deny(&self, state: &mut State, denial: &Denial) {
+        // The query string may carry the token: log the path only.
+        let raw_path = self.get_http_request_header(":path").unwrap_or_default();
+        let (path, _) = headers::split_path(&raw_path);
+        log::info!(
+            "authz: denied {} {path}: {} ({})",
+            self.get_http_request_header(":method").unwrap_or_default(),
+            denial.problem.kind,
+            denial.problem.detail
+        );
+        let reason = denial.problem.kind;
+        let metric = tagged_name(REQUESTS_TOTAL, &[("decision", "deny"), ("reason", reason)]);
+        state.metrics.count(&metric, 1);
+        self.set_state(RESULT_KEY, &denial.result());
+        match &denial.challenge {
+            Some(challenge) => denial.problem.send(&[("www-authenticate", challenge)]),
+            None => denial.problem.send(&[]),
+        }
+    }
+
+    fn strip_token(&self, location: &Location) {
+        match location {
+            Location::Header { name, .. } => self.set_http_request_header(name, None),
+            Location::Param(name) => {
+                let raw = self.get_http_request_header(":path").unwrap_or_default();
+                if let (path, Some(query)) = headers::split_path(&raw) {
+                    let rest = headers::remove_query_param(query, name);
+                    let rewritten = if rest.is_empty() {
+                        path.to_owned()
+                    } else {
+                        format!("{path}?{rest}")
+                    };
+                    self.set_http_request_header(":path", Some(&rewritten));
+                }
+            }
+            Location::Cookie(name) => {
+                let joined = self
+                    .get_http_request_headers()
+                    .into_iter()
+                    .filter(|(key, _)| key == "cookie")
+                    .map(|(_, value)| value)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let rest = token::remove_cookie(&joined, name);
+                self.set_http_request_header("cookie", (!rest.is_empty()).then_some(rest.as_str()));
+            }
+        }
+    }
+
+    fn allow(&self, state: &mut State, allowed: Allowed) {
+        if let Some(location) = &allowed.strip {
+            self.strip_token(location);
+        }
+        for (name, value) in &allowed.add_headers {
+            self.set_http_request_header(name, Some(value));
+        }
+        let result = match &allowed.dry_run_deny {
+            Some(rule) => {
+                log::info!("authz: dry-run rule `{rule}` would deny this request");
+                let metric = tagged_name(DRY_RUN_TOTAL, &[("rule", rule)]);
+                state.metrics.count(&metric, 1);
+                format!("dry_run_deny:{rule}")
+            }
+            None => "allow".to_owned(),
+        };
+        self.set_state(RESULT_KEY, &result);
+        let reason = match &allowed.verified {
+            Some(verified) => {
+                self.set_state(PRINCIPAL_KEY, &verified.principal);
+                self.set_state(CLAIMS_KEY, &verified.claims.to_string());
+                let cache = if allowed.cache_hit { "hit" } else { "miss" };
+                state
+                    .metrics
+                    .count(&tagged_name(CACHE_TOTAL, &[("result", cache)]), 1);
+                "authenticated"
+            }
+            None => "anonymous",
+        };
+        let metric = tagged_name(REQUESTS_TOTAL, &[("decision", "allow"), ("reason", reason)]);
+        state.metrics.count(&metric, 1);
+    }
+
+    /// Applies an outcome; `true` when the request may continue now.
+    fn apply(&mut self, state: &mut State, outcome: Outcome, may_fetch: bool) -> bool {
+        match outcome {
+            Outcome::Allow(allowed) => {
+                self.allow(state, allowed);
+                true
+            }
+            Outcome::Deny(denial) => {
+                self.deny(state, &denial);
+                false
+            }
+            Outcome::UnknownKey { provider } => {
+                // Another worker may have fetched the rotated set already.
+                state.sync_keys(provider);
+                let retried = self.decide(state);
+                if !matches!(retried, Outcome::UnknownKey { .. }) {
+                    return self.apply(state, retried, false);
+                }
+                let now = now_secs(self);
+                if may_fetch {
+                    if let Some(token) = start_fetch(self, state, provider, Reason::UnknownKid, now)
+                    {
+                        self.fetch = Some((token, provider));
+                        return false;
+                    }
+                }
+                let denial = state
+                    .engine
+                    .token_denial(crate::verify::TokenError::UnknownKey);
+                self.deny(state, &denial);
+                false
+            }
+        }
+    }
+}
+
+impl Context for AuthzRequest {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some((expected, provider)) = self.fetch.take() else {
+            return;
+        };
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        if expected != token_id {
+            return;
+        }
+        let (status, body) = read_fetch_response(self, body_size);
+        let now = now_secs(self);
+        let mut state = state.borrow_mut();
+        state.accept_fetch(provider, status.as_deref(), body, now);
+        let outcome = self.decide(&mut state);
+        if self.apply(&mut state, outcome, false) {
+            self.resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for AuthzRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(state) = self.state.clone() else {
+            // Not configured: Envoy applies the plugin's fail strategy before
+            // we get here; refuse rather than pass unchecked traffic.
+            proxy_wasm::hostcalls::send_http_response(503, vec![], None).ok();
+            return Action::Pause;
+        };
+        let mut state = state.borrow_mut();
+        // Anti-spoofing: only this filter sets its identity headers.
+        for header in &state.engine.owned_headers {
+            self.set_http_request_header(header, None);
+        }
+        let outcome = self.decide(&mut state);
+        if self.apply(&mut state, outcome, true) {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+}

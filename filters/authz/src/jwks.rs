@@ -1,0 +1,171 @@
+//! Remote key sets shared by all Envoy workers. One shared-data record per
+//! provider holds the last good JWKS and when it was fetched or last tried.
+//! A worker that wants to fetch first claims the attempt with a CAS write, so
+//! the workers of one Envoy fetch once per interval, not once each; every
+//! worker then loads the fetched set from the record. A failed fetch leaves
+//! the last good JWKS in place.
+
+use crate::config::Provider;
+use meshwasm_shared::shared_data::{self, SharedStore, StoreError};
+use ring::digest;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Seconds since the epoch of the last successful fetch (0 = never).
+    pub fetched_at: u64,
+    /// Seconds since the epoch of the last claimed attempt.
+    pub attempted_at: u64,
+    /// The last good JWKS document.
+    pub jwks: String,
+}
+
+/// Why a fetch is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Periodic: the cached set is older than `jwks_cache_duration`.
+    Refresh,
+    /// A token names a `kid` the set does not have.
+    UnknownKid,
+}
+
+/// The shared-data key of a provider's record: derived from its issuer, URL
+/// and cluster, so a changed provider does not reuse an old key set.
+pub fn record_key(provider: &Provider) -> String {
+    let identity = format!(
+        "{}\n{}\n{}",
+        provider.issuer,
+        provider.jwks_uri.as_deref().unwrap_or_default(),
+        provider.jwks_cluster.as_deref().unwrap_or_default()
+    );
+    let hash = digest::digest(&digest::SHA256, identity.as_bytes());
+    let hex: String = hash
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("meshwasm.authz.v1.jwks.{hex}")
+}
+
+fn decode(bytes: Option<&[u8]>) -> Record {
+    bytes
+        .and_then(|bytes| serde_json::from_slice(bytes).ok())
+        .unwrap_or_default()
+}
+
+pub fn load(store: &dyn SharedStore, key: &str) -> Record {
+    match store.get(key) {
+        Ok((value, _)) => decode(value.as_deref()),
+        Err(_) => Record::default(),
+    }
+}
+
+/// Whether `reason` warrants a fetch now, given the record.
+pub fn is_due(record: &Record, provider: &Provider, reason: Reason, now: u64) -> bool {
+    let since_attempt = now.saturating_sub(record.attempted_at);
+    // An attempt is in flight or failed recently: wait for the interval (or
+    // the timeout of the attempt, whichever is longer).
+    let spacing = provider
+        .jwks_refetch_interval
+        .max(provider.jwks_fetch_timeout)
+        .as_secs();
+    if record.attempted_at != 0 && since_attempt < spacing {
+        return false;
+    }
+    match reason {
+        Reason::UnknownKid => true,
+        Reason::Refresh => {
+            record.fetched_at == 0
+                || now.saturating_sub(record.fetched_at) >= provider.jwks_cache_duration.as_secs()
+        }
+    }
+}
+
+/// Claims the next fetch for this worker; `Ok(true)` means go and fetch.
+pub fn claim(
+    store: &dyn SharedStore,
+    key: &str,
+    provider: &Provider,
+    reason: Reason,
+    now: u64,
+) -> Result<bool, StoreError> {
+    shared_data::update(store, key, 4, |current| {
+        let mut record = decode(current);
+        if !is_due(&record, provider, reason, now) {
+            return (None, false);
+        }
+        record.attempted_at = now;
+        (serde_json::to_vec(&record).ok(), true)
+    })
+}
+
+/// Stores a fetched JWKS (already checked to hold usable keys).
+pub fn store_success(
+    store: &dyn SharedStore,
+    key: &str,
+    jwks: &str,
+    now: u64,
+) -> Result<(), StoreError> {
+    shared_data::update(store, key, 8, |current| {
+        let mut record = decode(current);
+        record.fetched_at = now;
+        record.jwks = jwks.to_owned();
+        (serde_json::to_vec(&record).ok(), ())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuthzConfig;
+    use meshwasm_shared::shared_data::MemoryStore;
+
+    fn provider() -> Provider {
+        let raw = br#"{"providers":[{"issuer":"i","jwks_uri":"http://jwks/keys","jwks_cluster":"c",
+            "jwks_cache_duration":"300s","jwks_refetch_interval":"30s","jwks_fetch_timeout":"5s"}]}"#;
+        let config: AuthzConfig = meshwasm_shared::config::parse(Some(raw)).unwrap();
+        config.providers[0].clone()
+    }
+
+    #[test]
+    fn only_one_worker_wins_a_fetch() {
+        let store = MemoryStore::default();
+        let p = provider();
+        let key = record_key(&p);
+        assert!(claim(&store, &key, &p, Reason::Refresh, 1000).unwrap());
+        assert!(!claim(&store, &key, &p, Reason::Refresh, 1000).unwrap());
+        assert!(!claim(&store, &key, &p, Reason::UnknownKid, 1010).unwrap());
+        // The attempt failed (nothing stored): retried after the interval.
+        assert!(claim(&store, &key, &p, Reason::Refresh, 1030).unwrap());
+    }
+
+    #[test]
+    fn success_is_kept_until_cache_duration() {
+        let store = MemoryStore::default();
+        let p = provider();
+        let key = record_key(&p);
+        assert!(claim(&store, &key, &p, Reason::Refresh, 1000).unwrap());
+        store_success(&store, &key, "{\"keys\":[]}", 1001).unwrap();
+        let record = load(&store, &key);
+        assert_eq!(
+            (record.fetched_at, record.jwks.as_str()),
+            (1001, "{\"keys\":[]}")
+        );
+        assert!(!claim(&store, &key, &p, Reason::Refresh, 1200).unwrap());
+        // An unknown kid may refetch once the interval has passed.
+        assert!(claim(&store, &key, &p, Reason::UnknownKid, 1031).unwrap());
+        assert!(!claim(&store, &key, &p, Reason::UnknownKid, 1040).unwrap());
+        assert!(claim(&store, &key, &p, Reason::Refresh, 1301).unwrap());
+        // A failed fetch keeps the last good set.
+        assert_eq!(load(&store, &key).jwks, "{\"keys\":[]}");
+    }
+
+    #[test]
+    fn keys_differ_per_provider_identity() {
+        let mut other = provider();
+        other.jwks_uri = Some("http://jwks/other".into());
+        assert_ne!(record_key(&provider()), record_key(&other));
+        assert!(record_key(&other).starts_with("meshwasm.authz.v1.jwks."));
+    }
+}
