@@ -629,4 +629,6 @@ impl Validate for Config {
 }
 
 #[cfg(test)]
+mod manifest_tests;
+#[cfg(test)]
 mod tests;
