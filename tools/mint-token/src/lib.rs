@@ -1,0 +1,90 @@
+//! Mints demo tokens for the local mesh, the demo and the end-to-end tests.
+//! The default key is the committed DEMO key: tokens minted with it are only
+//! trusted by configurations that list the demo JWKS.
+
+use anyhow::{bail, Context};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const DEMO_ISSUER: &str = "https://auth.meshwasm.local";
+pub const DEMO_AUDIENCE: &str = "order-app";
+pub const DEMO_KID: &str = "meshwasm-demo-1";
+
+/// The committed demo private key.
+pub fn demo_key_path() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../integration/demo-keys/demo-rsa-private.pem"
+    ))
+}
+
+#[derive(Debug, Clone)]
+pub struct Mint {
+    pub subject: String,
+    /// Extra claims merged over the standard ones (`null` removes one).
+    pub claims: Map<String, Value>,
+    pub issuer: String,
+    pub audience: String,
+    pub kid: Option<String>,
+    pub algorithm: Algorithm,
+    /// Lifetime from now; `exp` may also be overridden in `claims`.
+    pub expires_in: Duration,
+    pub key_pem: Vec<u8>,
+}
+
+impl Mint {
+    /// A demo token for `subject`, valid for an hour.
+    pub fn demo(subject: &str) -> anyhow::Result<Self> {
+        let path = demo_key_path();
+        Ok(Self {
+            subject: subject.to_owned(),
+            claims: Map::new(),
+            issuer: DEMO_ISSUER.to_owned(),
+            audience: DEMO_AUDIENCE.to_owned(),
+            kid: Some(DEMO_KID.to_owned()),
+            algorithm: Algorithm::RS256,
+            expires_in: Duration::from_secs(3600),
+            key_pem: std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+        })
+    }
+
+    pub fn claims(mut self, claims: Value) -> anyhow::Result<Self> {
+        let Value::Object(claims) = claims else {
+            bail!("claims must be a JSON object");
+        };
+        self.claims.extend(claims);
+        Ok(self)
+    }
+
+    pub fn sign(&self) -> anyhow::Result<String> {
+        meshwasm_authz::crypto::install();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let mut payload = Map::new();
+        payload.insert("iss".into(), self.issuer.clone().into());
+        payload.insert("sub".into(), self.subject.clone().into());
+        payload.insert("aud".into(), self.audience.clone().into());
+        payload.insert("iat".into(), now.into());
+        payload.insert("exp".into(), (now + self.expires_in.as_secs()).into());
+        for (name, value) in &self.claims {
+            if value.is_null() {
+                payload.remove(name);
+            } else {
+                payload.insert(name.clone(), value.clone());
+            }
+        }
+        let key = match self.algorithm {
+            Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&self.key_pem),
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(&self.key_pem),
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                Ok(EncodingKey::from_secret(&self.key_pem))
+            }
+            _ => EncodingKey::from_rsa_pem(&self.key_pem),
+        }
+        .context("reading the signing key")?;
+        let mut header = Header::new(self.algorithm);
+        header.kid = self.kid.clone();
+        jsonwebtoken::encode(&header, &Value::Object(payload), &key).context("signing")
+    }
+}
