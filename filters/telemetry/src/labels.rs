@@ -25,7 +25,7 @@ pub const TAG_METHOD: &str = "method";
 pub const TAG_RESPONSE_CODE_CLASS: &str = "response_code_class";
 pub const TAG_RESPONSE_CODE: &str = "response_code";
 pub const TAG_TENANT: &str = "tenant";
-pub const TAG_FOLDED_LABEL: &str = "folded_label";
+pub const TAG_FOLDED_LABEL: &str = "label";
 
 /// Every stat tag this filter emits: each needs an Envoy `stats_tags` rule
 /// (Istio: `extraStatTags`) to become a Prometheus label.
@@ -249,7 +249,7 @@ mod tests {
         );
         assert_eq!(
             folded_name("tenant"),
-            "folded_label=.=tenant;.;meshwasm_telemetry_folded_values_total"
+            "label=.=tenant;.;meshwasm_telemetry_folded_values_total"
         );
     }
 
