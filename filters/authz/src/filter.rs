@@ -117,6 +117,9 @@ impl State {
                 self.sync_keys(index);
             }
             Err(reason) => {
+                if let Err(err) = jwks::store_failure(&HostStore, &jwks::record_key(provider)) {
+                    log::debug!("authz: JWKS failure not recorded: {err}");
+                }
                 log::warn!("authz: JWKS fetch for provider `{name}` failed ({reason}); keeping the last good keys");
                 self.count_fetch(index, "failure");
             }
@@ -251,9 +254,10 @@ impl RootContext for AuthzRoot {
             loaded_at: vec![0; providers],
             metrics: Metrics::default(),
         })));
+        // Fetching starts on the first tick, not here: Envoy also configures
+        // throw-away VMs (config validation) whose calls would never complete.
         if has_remote {
             self.set_tick_period(TICK);
-            self.on_tick();
         }
         true
     }

@@ -16,6 +16,9 @@ pub struct Record {
     pub fetched_at: u64,
     /// Seconds since the epoch of the last claimed attempt.
     pub attempted_at: u64,
+    /// An attempt was claimed and has not reported back yet.
+    #[serde(default)]
+    pub pending: bool,
     /// The last good JWKS document.
     pub jwks: String,
 }
@@ -64,13 +67,13 @@ pub fn load(store: &dyn SharedStore, key: &str) -> Record {
 /// Whether `reason` warrants a fetch now, given the record.
 pub fn is_due(record: &Record, provider: &Provider, reason: Reason, now: u64) -> bool {
     let since_attempt = now.saturating_sub(record.attempted_at);
-    // An attempt is in flight or failed recently: wait for the interval (or
-    // the timeout of the attempt, whichever is longer).
-    let spacing = provider
-        .jwks_refetch_interval
-        .max(provider.jwks_fetch_timeout)
-        .as_secs();
-    if record.attempted_at != 0 && since_attempt < spacing {
+    // Another worker's attempt is in flight (a worker that died mid-fetch
+    // is given up on after the fetch timeout).
+    if record.pending && since_attempt <= provider.jwks_fetch_timeout.as_secs() {
+        return false;
+    }
+    // At most one attempt per interval, whatever its outcome.
+    if record.attempted_at != 0 && since_attempt < provider.jwks_refetch_interval.as_secs() {
         return false;
     }
     match reason {
@@ -96,6 +99,7 @@ pub fn claim(
             return (None, false);
         }
         record.attempted_at = now;
+        record.pending = true;
         (serde_json::to_vec(&record).ok(), true)
     })
 }
@@ -110,7 +114,17 @@ pub fn store_success(
     shared_data::update(store, key, 8, |current| {
         let mut record = decode(current);
         record.fetched_at = now;
+        record.pending = false;
         record.jwks = jwks.to_owned();
+        (serde_json::to_vec(&record).ok(), ())
+    })
+}
+
+/// Ends a failed attempt; the last good JWKS stays.
+pub fn store_failure(store: &dyn SharedStore, key: &str) -> Result<(), StoreError> {
+    shared_data::update(store, key, 8, |current| {
+        let mut record = decode(current);
+        record.pending = false;
         (serde_json::to_vec(&record).ok(), ())
     })
 }
@@ -135,9 +149,14 @@ mod tests {
         let key = record_key(&p);
         assert!(claim(&store, &key, &p, Reason::Refresh, 1000).unwrap());
         assert!(!claim(&store, &key, &p, Reason::Refresh, 1000).unwrap());
+        assert!(!claim(&store, &key, &p, Reason::UnknownKid, 1004).unwrap());
+        // The claimant never reported back: given up on after the timeout,
+        // then retried once the interval has passed.
         assert!(!claim(&store, &key, &p, Reason::UnknownKid, 1010).unwrap());
-        // The attempt failed (nothing stored): retried after the interval.
         assert!(claim(&store, &key, &p, Reason::Refresh, 1030).unwrap());
+        store_failure(&store, &key).unwrap();
+        assert!(!claim(&store, &key, &p, Reason::Refresh, 1059).unwrap());
+        assert!(claim(&store, &key, &p, Reason::Refresh, 1060).unwrap());
     }
 
     #[test]
