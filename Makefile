@@ -18,7 +18,7 @@ WASM_PROFILE := wasm-release
 FILTERS := routing authz circuit-breaker telemetry
 DIST := $(CURDIR)/dist
 
-.PHONY: setup build test test-unit test-e2e lint demo mesh clean
+.PHONY: setup build apps test test-unit test-e2e lint demo mesh token clean
 
 setup: $(TOOLS)/.wasm-target $(TOOLS)/.clang envoy
 
@@ -53,6 +53,28 @@ build: $(TOOLS)/.wasm-target $(TOOLS)/.clang
 	  printf '%-28s %8d bytes\n' dist/$$f.wasm $$(stat -c %s $(DIST)/$$f.wasm); \
 	done
 
+# The order app and the mesh CLI (debug builds: the mesh runs them as is).
+APP_BIN := $(CURDIR)/target/debug
+apps:
+	cargo build -p order-app -p meshwasm-integration --bins
+
+MESH_READY_FILE ?=
+MESH_ENV = MESHWASM_ENVOY=$(ENVOY) MESHWASM_DIST=$(DIST) MESHWASM_APP_BIN=$(APP_BIN)
+
+# The local mesh in the foreground; Ctrl-C stops every process.
+mesh: build envoy apps
+	$(MESH_ENV) $(APP_BIN)/mesh up $(if $(MESH_READY_FILE),--ready-file $(MESH_READY_FILE))
+
+# Starts the mesh, runs the scripted scenario through the ingress, prints it, stops.
+demo: build envoy apps
+	$(MESH_ENV) $(APP_BIN)/mesh demo
+
+# A DEMO token signed with the committed demo key: make token SUB=alice CLAIMS='{"groups":["admin"]}'
+SUB ?= alice
+CLAIMS ?= {}
+token:
+	@cargo run -q -p mint-token -- --sub '$(SUB)' --claims '$(CLAIMS)'
+
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
@@ -62,10 +84,10 @@ test-unit:
 	cargo test --workspace
 
 # End-to-end tests drive real Envoy: once on the oldest and once on the newest.
-test-e2e: build $(call envoy_bin,$(ENVOY_OLDEST)) $(call envoy_bin,$(ENVOY_NEWEST))
+test-e2e: build apps $(call envoy_bin,$(ENVOY_OLDEST)) $(call envoy_bin,$(ENVOY_NEWEST))
 	@for v in $(ENVOY_OLDEST) $(ENVOY_NEWEST); do \
 	  echo "== end-to-end on Envoy $$v"; \
-	  MESHWASM_ENVOY=$(call envoy_bin,$$v) MESHWASM_DIST=$(DIST) \
+	  MESHWASM_ENVOY=$(call envoy_bin,$$v) MESHWASM_DIST=$(DIST) MESHWASM_APP_BIN=$(APP_BIN) \
 	    cargo test -p meshwasm-integration --test '*' -- --test-threads 1 || exit 1; \
 	done
 

@@ -2,7 +2,7 @@
 //! holds once istiod's LDS/CDS and istio-agent's ECDS rewrite have arrived,
 //! written as static config.
 
-use crate::plugins::{self, ListenerClass, ModuleStore, Plugin, ProxyView};
+use crate::plugins::{self, ListenerClass, Plugin, ProxyView};
 use crate::topology::{Topology, Workload, INGRESS_TARGET_PORT};
 use crate::traffic::{RouteScope, TrafficConfig};
 use anyhow::Result;
@@ -35,7 +35,8 @@ pub struct MeshConfig<'a> {
     pub topology: &'a Topology,
     pub traffic: &'a TrafficConfig,
     pub plugins: &'a [Plugin],
-    pub modules: &'a ModuleStore,
+    /// Where the plugins' ECDS files are (see `plugins::filter_stub`).
+    pub ecds_dir: &'a std::path::Path,
 }
 
 /// One proxy and the local ports it was given.
@@ -63,14 +64,11 @@ pub enum ProxyRole<'a> {
     },
 }
 
-/// The bootstrap, and one line per plugin whose module could not be had
-/// (istio-agent logs the same and substitutes an RBAC filter).
 pub fn bootstrap(
     mesh: &MeshConfig<'_>,
     proxy: &ProxyPlan<'_>,
     address_of: &dyn Fn(&Workload) -> (String, u16),
-) -> Result<(Value, Vec<String>)> {
-    let mut warnings = Vec::new();
+) -> Result<Value> {
     let view = ProxyView {
         namespace: proxy.namespace,
         labels: proxy.labels,
@@ -94,13 +92,7 @@ pub fn bootstrap(
                 "virtual_hosts": [{"name": "inbound|http|{target_port}", "domains": ["*"], "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": inbound_cluster, "timeout": "0s"}}]}],
                 "validate_clusters": false,
             });
-            let filters = http_filters(
-                mesh,
-                &view,
-                ListenerClass::SidecarInbound,
-                target_port,
-                &mut warnings,
-            );
+            let filters = http_filters(mesh, &view, ListenerClass::SidecarInbound, target_port);
             listeners.push(listener(
                 "virtualInbound",
                 *inbound_port,
@@ -121,13 +113,7 @@ pub fn bootstrap(
                 "virtual_hosts": mesh.traffic.virtual_hosts(mesh.topology, &RouteScope::Mesh { namespace: proxy.namespace })?,
                 "validate_clusters": false,
             });
-            let filters = http_filters(
-                mesh,
-                &view,
-                ListenerClass::SidecarOutbound,
-                *service_port,
-                &mut warnings,
-            );
+            let filters = http_filters(mesh, &view, ListenerClass::SidecarOutbound, *service_port);
             listeners.push(listener(
                 &format!("0.0.0.0_{service_port}"),
                 *outbound_port,
@@ -148,13 +134,7 @@ pub fn bootstrap(
                 "virtual_hosts": mesh.traffic.virtual_hosts(mesh.topology, &RouteScope::Gateway { bound: bound_gateways })?,
                 "validate_clusters": false,
             });
-            let filters = http_filters(
-                mesh,
-                &view,
-                ListenerClass::Gateway,
-                INGRESS_TARGET_PORT,
-                &mut warnings,
-            );
+            let filters = http_filters(mesh, &view, ListenerClass::Gateway, INGRESS_TARGET_PORT);
             listeners.push(listener(
                 &format!("0.0.0.0_{INGRESS_TARGET_PORT}"),
                 *listen_port,
@@ -188,7 +168,7 @@ pub fn bootstrap(
         },
         "static_resources": {"listeners": listeners, "clusters": clusters},
     });
-    Ok((bootstrap, warnings))
+    Ok(bootstrap)
 }
 
 /// The HTTP filter chain in Istio's order: AUTHN, AUTHZ, STATS, UNSPECIFIED
@@ -200,18 +180,10 @@ fn http_filters(
     view: &ProxyView<'_>,
     class: ListenerClass,
     port: u16,
-    warnings: &mut Vec<String>,
 ) -> Vec<Value> {
     let mut filters: Vec<Value> = plugins::select(mesh.plugins, view, class, port)
         .into_iter()
-        .map(|plugin| {
-            let (filter, error) = plugins::http_filter(plugin, mesh.modules);
-            if let Some(error) = error {
-                let fallback = if plugin.spec.fail_strategy.as_deref() == Some("FAIL_OPEN") { "allow" } else { "deny" };
-                warnings.push(format!("WasmPlugin {}/{}: error in converting the wasm config to local: {}. applying {fallback} RBAC filter", plugin.namespace, plugin.name, error.0));
-            }
-            filter
-        })
+        .map(|plugin| plugins::filter_stub(plugin, &mesh.ecds_dir.join(plugin.ecds_file_name())))
         .collect();
     filters.push(json!({"name": "envoy.filters.http.fault", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}));
     filters.push(json!({"name": "envoy.filters.http.cors", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}));

@@ -2,7 +2,7 @@
 //! its own sidecar Envoy, plus the ingress gateway Envoy, on 127.0.0.1.
 
 use crate::bootstrap::{self, MeshConfig, ProxyPlan, ProxyRole};
-use crate::plugins::{self, ModuleStore};
+use crate::plugins::{self, ModuleStore, Plugin};
 use crate::process::{free_ports, Supervised};
 use crate::resources::{self, Resource};
 use crate::topology::{Topology, Workload};
@@ -91,6 +91,9 @@ pub struct Mesh {
     /// Lines istio-agent would have logged (modules that could not be had).
     pub warnings: Vec<String>,
     processes: Vec<Supervised>,
+    ecds_dir: PathBuf,
+    modules: ModuleStore,
+    ecds_version: u64,
 }
 
 struct SidecarPorts {
@@ -127,18 +130,23 @@ impl Mesh {
         let topology = Topology::from_resources(resources)?;
         let traffic = TrafficConfig::from_resources(resources)?;
         let plugins = plugins::load(resources)?;
+        let service_port = single_service_port(&topology)?;
+        let ecds_dir = options.run_dir.join("ecds");
+        std::fs::create_dir_all(&ecds_dir)
+            .with_context(|| format!("cannot create {}", ecds_dir.display()))?;
         let modules = ModuleStore {
             dist: options.dist.clone(),
         };
+        let mut warnings = Vec::new();
+        for plugin in &plugins {
+            warnings.extend(write_extension_config(plugin, &modules, &ecds_dir, 1)?);
+        }
         let mesh_config = MeshConfig {
             topology: &topology,
             traffic: &traffic,
             plugins: &plugins,
-            modules: &modules,
+            ecds_dir: &ecds_dir,
         };
-        let service_port = single_service_port(&topology)?;
-        std::fs::create_dir_all(&options.run_dir)
-            .with_context(|| format!("cannot create {}", options.run_dir.display()))?;
 
         let mut ports = free_ports(topology.workloads.len() * 4 + 2)?.into_iter();
         let mut next = || ports.next().context("ran out of reserved ports");
@@ -182,8 +190,11 @@ impl Mesh {
                 workloads: BTreeMap::new(),
             },
             run_dir: options.run_dir.clone(),
-            warnings: Vec::new(),
+            warnings,
             processes: Vec::new(),
+            ecds_dir: ecds_dir.clone(),
+            modules,
+            ecds_version: 1,
         };
         for workload in &topology.workloads {
             let ports = &sidecars[&workload.name];
@@ -201,8 +212,7 @@ impl Mesh {
                     service_port,
                 },
             };
-            let (config, warnings) = bootstrap::bootstrap(&mesh_config, &plan, &address_of)?;
-            mesh.warnings.extend(warnings);
+            let config = bootstrap::bootstrap(&mesh_config, &plan, &address_of)?;
             mesh.start_app(workload, ports, options)?;
             mesh.start_envoy(&format!("{}.sidecar", workload.name), &config, options)?;
             mesh.ready.workloads.insert(
@@ -225,14 +235,13 @@ impl Mesh {
                     bound_gateways: &gateway.bound_gateways,
                 },
             };
-            let (config, warnings) = bootstrap::bootstrap(&mesh_config, &plan, &address_of)?;
-            mesh.warnings.extend(warnings);
+            let config = bootstrap::bootstrap(&mesh_config, &plan, &address_of)?;
             mesh.start_envoy(&gateway.name, &config, options)?;
         } else {
             bail!("no Gateway selects the ingress gateway (`istio: ingressgateway`); the mesh has no entry point");
         }
-        for warning in &mesh.warnings {
-            eprintln!("mesh: {warning}");
+        for line in mesh.warnings.iter().chain(&not_enforced_locally(resources)) {
+            eprintln!("mesh: {line}");
         }
         mesh.wait_ready(options.ready_timeout)?;
         Ok(mesh)
@@ -388,6 +397,19 @@ impl Mesh {
             .unwrap_or(0))
     }
 
+    /// Every counter or gauge whose name matches the regex `filter`.
+    pub fn stats_matching(&self, proxy: &str, filter: &str) -> Result<BTreeMap<String, u64>> {
+        let url = format!("{}/stats?filter={filter}", self.admin_url(proxy)?);
+        let text = ureq::get(&url).call()?.body_mut().read_to_string()?;
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.rsplit_once(": ")?;
+                Some((name.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
     pub fn shutdown(&mut self) {
         for process in &mut self.processes {
             process.terminate();
@@ -416,6 +438,26 @@ impl Mesh {
         self.processes.iter().map(Supervised::pid).collect()
     }
 
+    /// Applies an edited WasmPlugin to the running proxies, as istiod pushes an
+    /// ECDS update: Envoy validates the new config and keeps the old one if
+    /// the plugin refuses it. The plugin must have existed at start (a new
+    /// plugin would change listeners, which the local mesh does not reload).
+    pub fn update_plugin(&mut self, yaml: &str) -> Result<Option<String>> {
+        let resources = resources::parse_documents("updated plugin", yaml, 0)?;
+        let [plugin] = plugins::load(&resources)?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("update_plugin takes exactly one WasmPlugin"))?;
+        if !self.ecds_dir.join(plugin.ecds_file_name()).exists() {
+            bail!(
+                "WasmPlugin {}/{} was not part of the mesh at start",
+                plugin.namespace,
+                plugin.name
+            );
+        }
+        self.ecds_version += 1;
+        write_extension_config(&plugin, &self.modules, &self.ecds_dir, self.ecds_version)
+    }
+
     /// The name of a process that has exited on its own, if any.
     pub fn exited_process(&mut self) -> Option<String> {
         self.processes
@@ -438,6 +480,55 @@ impl Drop for Mesh {
             let _ = std::fs::remove_dir_all(&self.run_dir);
         }
     }
+}
+
+/// Writes a plugin's ECDS file atomically (Envoy watches for the rename) and
+/// returns the line istio-agent would log when the module could not be had.
+fn write_extension_config(
+    plugin: &Plugin,
+    modules: &ModuleStore,
+    dir: &Path,
+    version: u64,
+) -> Result<Option<String>> {
+    let (resource, error) = plugins::extension_config(plugin, modules);
+    let path = dir.join(plugin.ecds_file_name());
+    let staging = dir.join(format!(".{}.tmp", plugin.ecds_file_name()));
+    std::fs::write(
+        &staging,
+        serde_json::to_vec_pretty(&plugins::discovery_response(resource, version))?,
+    )?;
+    std::fs::rename(&staging, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(error.map(|error| {
+        let fallback = if plugin.spec.fail_strategy.as_deref() == Some("FAIL_OPEN") { "allow" } else { "deny" };
+        format!(
+            "WasmPlugin {}/{}: error in converting the wasm config to local: {}. applying {fallback} RBAC filter",
+            plugin.namespace, plugin.name, error.0
+        )
+    }))
+}
+
+/// Objects a cluster enforces that the local mesh does not: local sidecars
+/// talk plaintext HTTP, so there are no mTLS identities for principals.
+fn not_enforced_locally(resources: &[Resource]) -> Vec<String> {
+    resources
+        .iter()
+        .filter_map(|r| {
+            let why = match r.kind.as_str() {
+                "PeerAuthentication" => "no mTLS between local sidecars",
+                "RequestAuthentication" => {
+                    "no jwt_authn filter locally; the authz WasmPlugin validates tokens"
+                }
+                "AuthorizationPolicy" => {
+                    "no RBAC filter locally (principals need mTLS); the authz WasmPlugin authorizes"
+                }
+                _ => return None,
+            };
+            Some(format!(
+                "{} {}/{} is not enforced locally: {why}",
+                r.kind, r.namespace, r.name
+            ))
+        })
+        .collect()
 }
 
 /// Apps reach every Service through one outbound listener (one HTTP proxy

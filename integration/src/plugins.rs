@@ -70,6 +70,11 @@ impl Plugin {
         )
     }
 
+    /// The local ECDS file of this plugin.
+    pub fn ecds_file_name(&self) -> String {
+        format!("{}.{}.json", self.namespace, self.name)
+    }
+
     pub fn filter_name(&self) -> String {
         format!(
             "extensions.istio.io/trafficextension/{}",
@@ -252,27 +257,58 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The HTTP filter Envoy gets for a plugin: the wasm filter as istio-agent
+/// The ECDS resource Envoy gets for a plugin: the wasm filter as istio-agent
 /// rewrites it (local file), or on a fetch failure the RBAC filter the agent
 /// substitutes: allow-all for FAIL_OPEN, deny-all otherwise (pkg/wasm/convert.go).
-pub fn http_filter(plugin: &Plugin, modules: &ModuleStore) -> (Value, Option<FetchError>) {
-    match modules.resolve(&plugin.spec.url, plugin.spec.sha256.as_deref()) {
-        Ok(path) => (wasm_filter(plugin, &path), None),
-        Err(err) => {
-            let rbac = if plugin.fail_open() {
-                json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", "rules_stat_prefix": "wasm-default-allow"})
-            } else {
-                json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", "rules": {}, "rules_stat_prefix": "wasm-default-deny"})
-            };
-            (
-                json!({"name": plugin.filter_name(), "typed_config": rbac}),
-                Some(err),
-            )
-        }
-    }
+pub fn extension_config(plugin: &Plugin, modules: &ModuleStore) -> (Value, Option<FetchError>) {
+    let (typed_config, error) = match modules
+        .resolve(&plugin.spec.url, plugin.spec.sha256.as_deref())
+    {
+        Ok(path) => (wasm_config(plugin, &path), None),
+        Err(err) if plugin.fail_open() => (
+            json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", "rules_stat_prefix": "wasm-default-allow"}),
+            Some(err),
+        ),
+        Err(err) => (
+            json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", "rules": {}, "rules_stat_prefix": "wasm-default-deny"}),
+            Some(err),
+        ),
+    };
+    let resource = json!({
+        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        "name": plugin.filter_name(),
+        "typed_config": typed_config,
+    });
+    (resource, error)
 }
 
-fn wasm_filter(plugin: &Plugin, module: &Path) -> Value {
+/// The file-based ECDS response holding one extension config.
+pub fn discovery_response(resource: Value, version: u64) -> Value {
+    json!({"version_info": version.to_string(), "resources": [resource]})
+}
+
+/// The LDS side: a filter that waits for its config from ECDS, with Istio's
+/// type URLs (wasm, or the RBAC fallback) and no initial-fetch timeout
+/// (pilot/pkg/networking/core/extension/extensionfilter.go). Locally the
+/// ECDS source is a file that Envoy watches.
+pub fn filter_stub(plugin: &Plugin, ecds_file: &Path) -> Value {
+    json!({
+        "name": plugin.filter_name(),
+        "config_discovery": {
+            "config_source": {
+                "path_config_source": {"path": ecds_file.display().to_string()},
+                "initial_fetch_timeout": "0s",
+                "resource_api_version": "V3",
+            },
+            "type_urls": [
+                "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            ],
+        },
+    })
+}
+
+fn wasm_config(plugin: &Plugin, module: &Path) -> Value {
     let spec = &plugin.spec;
     let mut config = Map::new();
     config.insert("name".into(), json!(plugin.resource_name()));
@@ -317,10 +353,7 @@ fn wasm_filter(plugin: &Plugin, module: &Path) -> Value {
         vm["environment_variables"] = json!({"key_values": key_values, "host_env_keys": host_keys});
     }
     config.insert("vm_config".into(), vm);
-    json!({
-        "name": plugin.filter_name(),
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config},
-    })
+    json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config})
 }
 
 /// `pluginConfig` as istiod encodes it (protomarshal.ToJSON, legacy jsonpb):
@@ -622,7 +655,7 @@ mod tests {
             ]
             .concat(),
         );
-        let (closed, err) = http_filter(&all[0], &store);
+        let (closed, err) = extension_config(&all[0], &store);
         assert!(err.is_some());
         assert_eq!(
             closed["typed_config"]["rules_stat_prefix"],
@@ -633,7 +666,7 @@ mod tests {
             closed["name"],
             "extensions.istio.io/trafficextension/shop.closed~istio-translated-wasmplugin"
         );
-        let (open, _) = http_filter(&all[1], &store);
+        let (open, _) = extension_config(&all[1], &store);
         assert_eq!(
             open["typed_config"]["rules_stat_prefix"],
             "wasm-default-allow"
@@ -650,7 +683,7 @@ mod tests {
             "shop",
             "  pluginName: authz_root\n  failStrategy: FAIL_OPEN\n  pluginConfig: {b: 1, a: x}\n  vmConfig:\n    env: [{name: POD_NAME, valueFrom: HOST}, {name: MODE, value: strict}, {name: ISTIO_META_X, value: y}]",
         ));
-        let (filter, err) = http_filter(&all[0], &store);
+        let (filter, err) = extension_config(&all[0], &store);
         assert!(err.is_none());
         let config = &filter["typed_config"]["config"];
         assert_eq!(config["root_id"], "authz_root");
@@ -669,7 +702,7 @@ mod tests {
     fn defaults_fail_closed_without_config_or_env() {
         let (_dir, store) = store_with(b"\0asm\x01\0\0\0");
         let all = plugins(&plugin_doc("authz", "shop", ""));
-        let (filter, _) = http_filter(&all[0], &store);
+        let (filter, _) = extension_config(&all[0], &store);
         let config = &filter["typed_config"]["config"];
         assert_eq!(config["failure_policy"], "FAIL_CLOSED");
         assert!(config.get("configuration").is_none());
