@@ -83,9 +83,11 @@ impl PathPattern {
                     }
                     Segment::One
                 }
-                part if part.contains(['{', '}', '*']) => return Err(format!(
+                part if part.contains(['{', '}', '*']) => {
+                    return Err(format!(
                     "path template `{pattern}`: a variable must be a whole segment, not `{part}`"
-                )),
+                ))
+                }
                 part => Segment::Literal(part.to_owned()),
             };
             segments.push(segment);
