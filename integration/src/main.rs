@@ -131,7 +131,7 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 }
 
 fn print_endpoints(mesh: &Mesh) {
-    println!("{:<24} {:<28} {}", "WORKLOAD", "APP", "SIDECAR ADMIN");
+    println!("{:<24} {:<28} SIDECAR ADMIN", "WORKLOAD", "APP");
     println!(
         "{:<24} {:<28} {}",
         "istio-ingressgateway", mesh.ready.ingress, mesh.ready.ingress_admin

@@ -85,14 +85,32 @@ impl Supervised {
     }
 }
 
-/// Distinct free loopback ports, held until all are chosen so none repeats.
+/// Distinct free loopback ports below Linux's ephemeral range (32768+), so
+/// no outgoing connection can take one between this check and the bind by
+/// Envoy or an app. Held until all are chosen so none repeats.
 pub fn free_ports(count: usize) -> Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("cannot reserve local ports")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    const RANGE: std::ops::Range<u16> = 20000..32000;
+    let span = RANGE.end - RANGE.start;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    let start = (seed % u32::from(span)) as u16;
+    let mut held = Vec::with_capacity(count);
+    for offset in 0..span {
+        if held.len() == count {
+            break;
+        }
+        let port = RANGE.start + (start + offset) % span;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    if held.len() < count {
+        anyhow::bail!(
+            "only {} free local ports in {RANGE:?}, {count} needed",
+            held.len()
+        );
+    }
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
