@@ -29,6 +29,8 @@ pub const STAT_TAGS: &[&str] = &[
     "lane",
     "key",
     "state",
+    "policy",
+    "breaker_key",
 ];
 
 pub struct MeshConfig<'a> {

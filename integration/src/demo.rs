@@ -1,72 +1,362 @@
 //! `make demo`: a short scripted scenario through the ingress, printed as
-//! tables of what each hop saw.
+//! tables of what each hop saw. Sections for filters whose WasmPlugin is not
+//! in the manifests print what happened anyway (e.g. no breaker trips).
 
+use crate::http::{self, Response};
 use crate::Mesh;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
-const SPLIT_ORDERS: usize = 100;
+const CANARY_USERS: usize = 200;
 
 pub fn run(mesh: &Mesh) -> Result<()> {
-    let agent = crate::http::agent();
-    println!("\n== 1. one order through the ingress, four Envoys and three services");
-    let before = inbound_requests(mesh)?;
-    let order = crate::http::post_json(
-        &agent,
-        &format!("{}/orders", mesh.ready.ingress),
-        &json!({"sku": "sku-1", "quantity": 2, "user": "alice"}),
-        &[],
-    )?;
-    println!("POST /orders -> {} {}", order.status, order.body);
-    let after = inbound_requests(mesh)?;
-    println!("{:<16} {:>22}", "WORKLOAD", "REQUESTS AT SIDECAR");
-    for (name, count) in &after {
-        println!(
-            "{:<16} {:>22}",
-            name,
-            count - before.get(name).copied().unwrap_or(0)
-        );
-    }
-
-    println!("\n== 2. inventory v1/v2 split by the VirtualService ({SPLIT_ORDERS} orders)");
-    let mut versions: BTreeMap<String, usize> = BTreeMap::new();
-    for index in 0..SPLIT_ORDERS {
-        let response = crate::http::post_json(
-            &agent,
-            &format!("{}/orders", mesh.ready.ingress),
-            &json!({"sku": "sku-2", "quantity": 1, "user": format!("user-{index}")}),
-            &[],
-        )?;
-        let version = response
-            .json()
-            .ok()
-            .and_then(|body| {
-                body.get("inventory_version")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| format!("HTTP {}", response.status));
-        *versions.entry(version).or_default() += 1;
-    }
-    println!("{:<12} {:>8}", "VERSION", "ORDERS");
-    for (version, count) in &versions {
-        println!("{version:<12} {count:>8}");
-    }
-    Ok(())
+    let demo = Demo {
+        mesh,
+        agent: http::agent(),
+    };
+    demo.order_flow()?;
+    demo.authorization()?;
+    demo.canary()?;
+    demo.breaker()?;
+    demo.red_table()
 }
 
-/// Requests each workload's sidecar passed to its app.
-fn inbound_requests(mesh: &Mesh) -> Result<BTreeMap<String, u64>> {
-    mesh.ready
-        .workloads
-        .keys()
-        .map(|name| {
-            Ok((
-                name.clone(),
-                mesh.stat(name, "cluster.inbound|8080||.upstream_rq_completed")
-                    .with_context(|| format!("stats of {name}"))?,
-            ))
+struct Demo<'a> {
+    mesh: &'a Mesh,
+    agent: ureq::Agent,
+}
+
+fn token(subject: &str, claims: Value) -> Result<String> {
+    let token = mint_token::Mint::demo(subject)?.claims(claims)?.sign()?;
+    Ok(format!("Bearer {token}"))
+}
+
+fn problem_type(response: &Response) -> String {
+    response
+        .json()
+        .ok()
+        .and_then(|body| body.get("type").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+impl Demo<'_> {
+    fn order(&self, user: &str, auth: &str, extra: &[(&str, &str)]) -> Result<Response> {
+        let mut headers = vec![("authorization", auth)];
+        headers.extend_from_slice(extra);
+        http::post_json(
+            &self.agent,
+            &format!("{}/orders", self.mesh.ready.ingress),
+            &json!({"sku": "sku-1", "quantity": 1, "user": user}),
+            &headers,
+        )
+    }
+
+    fn order_flow(&self) -> Result<()> {
+        println!("\n== 1. one order through the ingress gateway and three sidecars");
+        let before = self.inbound_requests()?;
+        let response = self.order("alice", &token("alice", json!({}))?, &[])?;
+        println!(
+            "POST /orders (alice, valid token) -> {} {}",
+            response.status, response.body
+        );
+        let after = self.inbound_requests()?;
+        println!("{:<16} {:>20}", "WORKLOAD", "REQUESTS AT SIDECAR");
+        for (name, count) in &after {
+            println!(
+                "{:<16} {:>20}",
+                name,
+                count - before.get(name).copied().unwrap_or(0)
+            );
+        }
+        Ok(())
+    }
+
+    fn authorization(&self) -> Result<()> {
+        println!("\n== 2. authorization at the ingress (authz filter)");
+        let ingress = &self.mesh.ready.ingress;
+        let admin = token("root", json!({"groups": ["admin"]}))?;
+        let expired = token("alice", json!({"exp": 1_000_000_000}))?;
+        let cases: Vec<(&str, Response)> = vec![
+            (
+                "POST /orders, no token",
+                http::post_json(
+                    &self.agent,
+                    &format!("{ingress}/orders"),
+                    &json!({"sku": "a", "quantity": 1, "user": "alice"}),
+                    &[],
+                )?,
+            ),
+            (
+                "POST /orders, expired token",
+                self.order("alice", &expired, &[])?,
+            ),
+            (
+                "POST /orders, garbage token",
+                self.order("alice", "Bearer not.a.jwt", &[])?,
+            ),
+            (
+                "DELETE /orders/1, alice",
+                http::send(
+                    &self.agent,
+                    "DELETE",
+                    &format!("{ingress}/orders/1"),
+                    "",
+                    &[("authorization", &token("alice", json!({}))?)],
+                )?,
+            ),
+            (
+                "DELETE /orders/1, admin",
+                http::send(
+                    &self.agent,
+                    "DELETE",
+                    &format!("{ingress}/orders/1"),
+                    "",
+                    &[("authorization", &admin)],
+                )?,
+            ),
+            (
+                "GET /healthz, no token",
+                http::get(&self.agent, &format!("{ingress}/healthz"), &[])?,
+            ),
+        ];
+        println!(
+            "{:<32} {:>6}  {}",
+            "REQUEST", "STATUS", "PROBLEM TYPE / WWW-AUTHENTICATE"
+        );
+        for (name, response) in cases {
+            let detail = [
+                problem_type(&response),
+                response
+                    .header("www-authenticate")
+                    .unwrap_or_default()
+                    .to_owned(),
+            ]
+            .join("  ");
+            println!("{name:<32} {:>6}  {}", response.status, detail.trim());
+        }
+        Ok(())
+    }
+
+    fn canary(&self) -> Result<()> {
+        println!("\n== 3. sticky canary: users to inventory v1/v2 (routing filter + VirtualService subsets)");
+        let auth = token("canary-demo", json!({}))?;
+        let mut versions: BTreeMap<String, usize> = BTreeMap::new();
+        for index in 0..CANARY_USERS {
+            let user = format!("user-{index}");
+            let response = self.order(&user, &auth, &[("x-user", &user)])?;
+            *versions.entry(inventory_version(&response)).or_default() += 1;
+        }
+        let beta = self.order(
+            "bea",
+            &token("bea", json!({"beta": true}))?,
+            &[("x-user", "bea")],
+        )?;
+        println!("{:<12} {:>8} {:>8}", "VERSION", "USERS", "SHARE");
+        for (version, count) in &versions {
+            println!(
+                "{version:<12} {count:>8} {:>7.1}%",
+                100.0 * *count as f64 / CANARY_USERS as f64
+            );
+        }
+        println!(
+            "a `beta: true` token holder -> inventory {}",
+            inventory_version(&beta)
+        );
+        Ok(())
+    }
+
+    fn breaker(&self) -> Result<()> {
+        println!(
+            "\n== 4. circuit breaker on order -> payment (payment fault knob at 100 % errors)"
+        );
+        let payment = &self
+            .mesh
+            .ready
+            .workloads
+            .get("payment-v1")
+            .context("no payment-v1 workload")?
+            .app;
+        let faults = |rate: f64| {
+            http::post_json(
+                &self.agent,
+                &format!("{payment}/faults"),
+                &json!({"error_rate": rate, "latency_ms": 0}),
+                &[],
+            )
+        };
+        faults(1.0)?;
+        let auth = token("alice", json!({}))?;
+        println!(
+            "{:<6} {:>6} {:>10} {:>12} {:>22}",
+            "ORDER", "STATUS", "BREAKER", "RETRY-AFTER", "PAYMENT CHARGES SEEN"
+        );
+        for index in 1..=10 {
+            let response = self.order("alice", &auth, &[])?;
+            println!(
+                "{index:<6} {:>6} {:>10} {:>12} {:>22}",
+                response.status,
+                response.header("x-meshwasm-breaker").unwrap_or("-"),
+                response.header("retry-after").unwrap_or("-"),
+                self.charges_seen()?
+            );
+        }
+        faults(0.0)?;
+        let started = Instant::now();
+        let recovered = loop {
+            let response = self.order("alice", &auth, &[])?;
+            if response.status == 201 {
+                break true;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        println!(
+            "payment healed -> orders succeed again after {:.1}s: {recovered}",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// Per-route RED figures read from every proxy's `/stats/prometheus`.
+    fn red_table(&self) -> Result<()> {
+        println!(
+            "\n== 5. RED per route from the sidecars' Prometheus endpoints (telemetry filter)"
+        );
+        println!(
+            "{:<22} {:<9} {:<16} {:>8} {:>8} {:>10}",
+            "PROXY", "REPORTER", "ROUTE", "REQUESTS", "ERRORS", "MEAN MS"
+        );
+        let mut proxies = vec![crate::topology::INGRESS_NAME.to_owned()];
+        proxies.extend(self.mesh.ready.workloads.keys().cloned());
+        for proxy in proxies {
+            let text = self.mesh.prometheus(&proxy)?;
+            let mut rows: BTreeMap<(String, String), (f64, f64, f64, f64)> = BTreeMap::new();
+            for sample in text.lines().filter_map(parse_sample) {
+                let key = (sample.label("reporter"), sample.label("route"));
+                let row = rows.entry(key).or_default();
+                match sample.name.as_str() {
+                    "meshwasm_requests_total" => {
+                        row.0 += sample.value;
+                        if sample.label("response_code_class") == "5xx" {
+                            row.1 += sample.value;
+                        }
+                    }
+                    "meshwasm_request_duration_milliseconds_sum" => row.2 += sample.value,
+                    "meshwasm_request_duration_milliseconds_count" => row.3 += sample.value,
+                    _ => {}
+                }
+            }
+            for ((reporter, route), (requests, errors, sum, count)) in
+                rows.into_iter().filter(|(_, row)| row.0 > 0.0)
+            {
+                let mean = if count > 0.0 {
+                    format!("{:.2}", sum / count)
+                } else {
+                    "-".to_owned()
+                };
+                println!(
+                    "{proxy:<22} {reporter:<9} {route:<16} {requests:>8} {errors:>8} {mean:>10}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests each workload's sidecar passed to its app.
+    fn inbound_requests(&self) -> Result<BTreeMap<String, u64>> {
+        self.mesh
+            .ready
+            .workloads
+            .keys()
+            .map(|name| {
+                Ok((
+                    name.clone(),
+                    self.mesh
+                        .stat(name, "cluster.inbound|8080||.upstream_rq_completed")
+                        .with_context(|| format!("stats of {name}"))?,
+                ))
+            })
+            .collect()
+    }
+
+    fn charges_seen(&self) -> Result<u64> {
+        self.mesh
+            .stat("payment-v1", "cluster.inbound|8080||.upstream_rq_completed")
+    }
+}
+
+fn inventory_version(response: &Response) -> String {
+    response
+        .json()
+        .ok()
+        .and_then(|body| {
+            body.get("inventory_version")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
         })
-        .collect()
+        .unwrap_or_else(|| format!("HTTP {}", response.status))
+}
+
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+impl Sample {
+    fn label(&self, name: &str) -> String {
+        self.labels
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// One Prometheus text-format sample line (`name{a="1",b="2"} 3`).
+fn parse_sample(line: &str) -> Option<Sample> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = value.parse().ok()?;
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => (name, rest.trim_end_matches('}')),
+        None => (series, ""),
+    };
+    let labels = labels
+        .split("\",")
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once("=\"")?;
+            Some((key.to_owned(), value.trim_end_matches('"').to_owned()))
+        })
+        .collect();
+    Some(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_samples_are_parsed() {
+        let sample = parse_sample(
+            r#"meshwasm_requests_total{reporter="inbound",route="/orders/{id}",method="GET"} 12"#,
+        )
+        .unwrap();
+        assert_eq!(sample.name, "meshwasm_requests_total");
+        assert_eq!(sample.label("route"), "/orders/{id}");
+        assert_eq!(sample.label("method"), "GET");
+        assert_eq!(sample.value, 12.0);
+        assert!(parse_sample("# TYPE x counter").is_none());
+        assert_eq!(parse_sample("plain 3").unwrap().labels.len(), 0);
+    }
 }
