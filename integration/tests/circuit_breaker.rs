@@ -305,8 +305,14 @@ fn charge_on_new_connection(outbound: &str) -> u16 {
         body.len()
     )
     .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
+    // Envoy may reset the connection right after a local reply sent before it
+    // read the request body: keep what arrived before the reset.
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(read @ 1..) = stream.read(&mut chunk) {
+        answer.extend_from_slice(&chunk[..read]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
     answer
         .split(' ')
         .nth(1)
