@@ -122,8 +122,8 @@ impl Demo<'_> {
             ),
         ];
         println!(
-            "{:<32} {:>6}  {}",
-            "REQUEST", "STATUS", "PROBLEM TYPE / WWW-AUTHENTICATE"
+            "{:<32} {:>6}  PROBLEM TYPE / WWW-AUTHENTICATE",
+            "REQUEST", "STATUS"
         );
         for (name, response) in cases {
             let detail = [
