@@ -1095,3 +1095,39 @@ fn a_provider_only_accepts_its_own_token_locations() {
     );
     assert_eq!(engine.owned_headers, Vec::<String>::new());
 }
+
+// ---- the shipped manifest ---------------------------------------------------
+
+#[test]
+fn manifest_config_enforces_the_documented_policy() {
+    let manifest: serde_yaml::Value = serde_yaml::from_str(include_str!(
+        "../../../wasmplugin-manifests/wasmplugin-authz.yaml"
+    ))
+    .unwrap();
+    // Istio hands `pluginConfig` to the filter as JSON.
+    let raw = serde_json::to_vec(&manifest["spec"]["pluginConfig"]).unwrap();
+    let config: AuthzConfig = meshwasm_shared::config::parse(Some(&raw)).unwrap();
+    let mut h = Harness {
+        remote: vec![None],
+        engine: Engine::new(config, &raw),
+        store: MemoryStore::default(),
+    };
+    let user = token(json!({}));
+    let admin = token(json!({"groups": ["admin"]}));
+    assert_eq!(verdict(&h.run("GET", "/healthz", &[], NOW)).0, 200);
+    assert_denied(h.run("GET", "/orders", &[], NOW), 401, "token-missing");
+    assert_eq!(verdict(&h.bearer("GET", "/orders", &user)).0, 200);
+    assert_eq!(verdict(&h.bearer("POST", "/orders", &user)).0, 200);
+    assert_denied(h.bearer("DELETE", "/orders/1", &user), 403, "access-denied");
+    assert_eq!(verdict(&h.bearer("DELETE", "/orders/1", &admin)).0, 200);
+    assert_denied(
+        h.bearer("GET", "/orders", &token(json!({"aud": "x"}))),
+        401,
+        "token-audience-mismatch",
+    );
+    assert_denied(h.bearer("GET", "/elsewhere", &user), 403, "access-denied");
+    let Outcome::Allow(allowed) = h.bearer("GET", "/orders", &user) else {
+        panic!()
+    };
+    assert_eq!(allowed.strip, None, "the manifest forwards the token");
+}
