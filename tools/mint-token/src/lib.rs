@@ -3,6 +3,8 @@
 //! trusted by configurations that list the demo JWKS.
 
 use anyhow::{bail, Context};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -59,6 +61,12 @@ impl Mint {
     }
 
     pub fn sign(&self) -> anyhow::Result<String> {
+        self.sign_with_header(Value::Object(Map::new()))
+    }
+
+    /// Signs with extra (or overridden, `null` = removed) header parameters,
+    /// e.g. `{"typ": "dpop+jwt"}` or `{"crit": ["exp"]}` for hostile-token tests.
+    pub fn sign_with_header(&self, extra_header: Value) -> anyhow::Result<String> {
         meshwasm_authz::crypto::install();
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let mut payload = Map::new();
@@ -85,6 +93,23 @@ impl Mint {
         .context("reading the signing key")?;
         let mut header = Header::new(self.algorithm);
         header.kid = self.kid.clone();
-        jsonwebtoken::encode(&header, &Value::Object(payload), &key).context("signing")
+        let mut header = serde_json::to_value(&header)?;
+        if let (Value::Object(header), Value::Object(extra)) = (&mut header, extra_header) {
+            for (name, value) in extra {
+                if value.is_null() {
+                    header.remove(&name);
+                } else {
+                    header.insert(name, value);
+                }
+            }
+        }
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(Value::Object(payload).to_string())
+        );
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, self.algorithm)
+            .context("signing")?;
+        Ok(format!("{message}.{signature}"))
     }
 }
