@@ -19,6 +19,7 @@ FILTERS := routing authz circuit-breaker telemetry
 DIST := $(CURDIR)/dist
 
 .PHONY: setup build apps test test-unit test-e2e lint demo mesh token clean
+.PHONY: bench
 
 setup: $(TOOLS)/.wasm-target $(TOOLS)/.clang envoy
 
@@ -92,6 +93,24 @@ test-e2e: build apps $(call envoy_bin,$(ENVOY_OLDEST)) $(call envoy_bin,$(ENVOY_
 	done
 
 test: lint test-unit test-e2e
+
+# Per-filter cost on real Envoy, side by side with native filters (bench/run.py, BENCHMARKS.md).
+# BENCH_QUICK=1: 1 s runs, 1 repetition; BENCH_VARIANTS=authz,native-jwt-rbac picks variants.
+BENCH_VENV := $(TOOLS)/bench-venv
+NOOP_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_noop_filter.wasm
+bench: build envoy $(BENCH_VENV)/bin/python
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	command -v wrk >/dev/null || { echo "installing wrk (load generator)"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }; \
+	command -v gnuplot >/dev/null || { echo "installing gnuplot-nox (chart)"; \
+	  $$SUDO apt-get install -y -qq gnuplot-nox >/dev/null || echo "gnuplot unavailable: no chart"; }
+	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) -p bench-noop-filter
+	$(BENCH_VENV)/bin/python bench/run.py --envoy $(ENVOY) --dist $(DIST) --noop $(NOOP_WASM)
+
+# The benchmark script's one dependency (PyYAML, to read the manifests).
+$(BENCH_VENV)/bin/python:
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check pyyaml==6.0.3
 
 clean:
 	cargo clean

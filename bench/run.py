@@ -1,0 +1,786 @@
+#!/usr/bin/env python3
+"""`make bench`: what each filter costs per request on real Envoy.
+
+For every variant (a list of HTTP filters in front of a `direct_response`
+route) this starts Envoy (`--concurrency 1`, pinned to core 0), waits for
+`/ready`, checks that the filters answer as expected, warms up, then drives it
+with `wrk -t1 -c16` (pinned to core 1) over keep-alive. Variants run
+round-robin, once per repetition, and the median of the repetitions is
+reported. See BENCHMARKS.md for the method and the latest figures.
+
+Environment: BENCH_QUICK=1 (1 s runs, 1 repetition), BENCH_DURATION (s),
+BENCH_WARMUP (s), BENCH_REPS, BENCH_CONNECTIONS, BENCH_VARIANTS (comma list
+of variant names), BENCH_LOG_LEVEL (Envoy's, default warning as in Istio).
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+MANIFESTS = REPO / "wasmplugin-manifests"
+DEMO_JWKS = REPO / "integration" / "demo-keys" / "demo-jwks.json"
+DEMO_ISSUER = "https://auth.meshwasm.local"
+DEMO_AUDIENCE = "order-app"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+STAT_PREFIX = "bench"
+
+# One request shape for every variant, so header parsing costs the same
+# everywhere; it matches every filter's representative config (the breaker
+# guards POST /charge on payment*, telemetry knows the /charge route, the
+# routing split reads x-user, authz wants the bearer token).
+REQUEST_METHOD = "POST"
+REQUEST_PATH = "/charge"
+REQUEST_HEADERS = {
+    "Host": "payment:8080",
+    "x-user": "alice",
+    "x-tenant-id": "acme",
+    "Content-Length": "0",
+}
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- filters
+
+
+def wasm_filter(name, root_id, module, config):
+    """An Envoy wasm HTTP filter as Istio writes it for a WasmPlugin:
+    pluginConfig as a StringValue of compact JSON, V8, no vm_id. Failing
+    closed, so a filter that does not load shows up as errors, not as a
+    suspiciously cheap run."""
+    plugin = {
+        "name": name,
+        "failure_policy": "FAIL_CLOSED",
+        "vm_config": {
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"local": {"filename": str(module)}},
+        },
+    }
+    if root_id:
+        plugin["root_id"] = root_id
+    if config:
+        plugin["configuration"] = {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": json.dumps(config, sort_keys=True, separators=(",", ":")),
+        }
+    return {
+        "name": f"bench.{name}",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": plugin,
+        },
+    }
+
+
+def lua_noop_filter():
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": "function envoy_on_request(handle) end"},
+        },
+    }
+
+
+def jwt_authn_filter(jwks_text, cache):
+    provider = {
+        "issuer": DEMO_ISSUER,
+        "audiences": [DEMO_AUDIENCE],
+        "local_jwks": {"inline_string": jwks_text},
+        "payload_in_metadata": "jwt_payload",
+    }
+    if cache:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 1024}
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"demo": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "demo"}}],
+        },
+    }
+
+
+def rbac_authenticated_filter():
+    """RBAC allowing requests whose verified token came from the demo issuer
+    (what Istio generates for `requestPrincipals: ["*"]`)."""
+    principal = {
+        "metadata": {
+            "filter": "envoy.filters.http.jwt_authn",
+            "path": [{"key": "jwt_payload"}, {"key": "iss"}],
+            "value": {"string_match": {"exact": DEMO_ISSUER}},
+        }
+    }
+    return {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {
+                "action": "ALLOW",
+                "policies": {"authenticated": {"permissions": [{"any": True}], "principals": [principal]}},
+            },
+        },
+    }
+
+
+def local_ratelimit_filter():
+    """A bucket that never runs dry, shared by all connections and workers:
+    the cost of the token check alone."""
+    percent = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    return {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "bench_ratelimit",
+            "token_bucket": {"max_tokens": 1000000000, "tokens_per_fill": 1000000000, "fill_interval": "1s"},
+            "filter_enabled": {**percent, "runtime_key": "bench_ratelimit_enabled"},
+            "filter_enforced": {**percent, "runtime_key": "bench_ratelimit_enforced"},
+        },
+    }
+
+
+# ---------------------------------------------------------------- configs
+
+
+def manifest_plugin(filter_name):
+    """(pluginName, pluginConfig) of the first WasmPlugin in
+    wasmplugin-manifests/wasmplugin-<filter>.yaml, or None."""
+    path = MANIFESTS / f"wasmplugin-{filter_name}.yaml"
+    if not path.exists():
+        return None
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc.get("kind") == "WasmPlugin":
+            spec = doc.get("spec", {})
+            return spec.get("pluginName", ""), spec.get("pluginConfig") or {}
+    return None
+
+
+# The manifest's rules guard /orders at the gateway; the benchmark request
+# (the breaker's POST /charge) needs one more ALLOW rule, evaluated last.
+BENCH_AUTHZ_RULE = {"name": "bench-charge", "action": "ALLOW", "paths": [REQUEST_PATH], "request_principals": ["*"]}
+
+
+def authz_plugin(jwks):
+    """The authz manifest's config with the demo JWKS inline (no JWKS
+    cluster in the benchmark) plus BENCH_AUTHZ_RULE, or else the equivalent
+    of the native jwt_authn + RBAC variant: RS256 demo issuer, any
+    authenticated caller."""
+    found = manifest_plugin("authz")
+    if found:
+        root_id, config = found
+        for provider in config.get("providers", []):
+            if provider.get("jwks_uri"):
+                provider.pop("jwks_uri", None)
+                provider.pop("jwks_cluster", None)
+                provider["jwks"] = jwks
+        config["rules"] = config.get("rules", []) + [BENCH_AUTHZ_RULE]
+        return root_id, config, f"wasmplugin-authz.yaml + rule `{BENCH_AUTHZ_RULE['name']}`"
+    config = {
+        "providers": [{"issuer": DEMO_ISSUER, "audiences": [DEMO_AUDIENCE], "algorithms": ["RS256"], "jwks": jwks}],
+        "rules": [BENCH_AUTHZ_RULE],
+    }
+    return "authz", config, "demo issuer RS256, inline JWKS, allow any authenticated"
+
+
+class Variant:
+    def __init__(self, name, description, filters, native=None, module_bytes=0, expect_without_token=None):
+        self.name = name
+        self.description = description
+        self.filters = filters
+        self.native = native
+        self.module_bytes = module_bytes
+        self.expect_without_token = expect_without_token
+
+
+def build_variants(dist, noop_module):
+    jwks_text = DEMO_JWKS.read_text()
+    jwks = json.loads(jwks_text)
+    meshwasm = {}
+    sizes = {}
+    for name in ("authz", "routing", "telemetry", "circuit-breaker"):
+        module = dist / f"{name}.wasm"
+        if not module.exists():
+            log(f"skipping {name}: {module} is missing")
+            continue
+        if name == "authz":
+            root_id, config, source = authz_plugin(jwks)
+        else:
+            found = manifest_plugin(name)
+            if not found:
+                log(f"skipping {name}: no WasmPlugin in wasmplugin-manifests/wasmplugin-{name}.yaml")
+                continue
+            root_id, config = found
+            source = f"wasmplugin-{name}.yaml"
+        meshwasm[name] = (wasm_filter(name, root_id, module, config), source)
+        sizes[name] = module.stat().st_size
+
+    variants = [
+        Variant("empty", "router only (direct_response 200)", []),
+        Variant(
+            "noop-wasm",
+            "no-op Rust proxy-wasm filter (bench/noop-filter)",
+            [wasm_filter("noop", "", noop_module, None)],
+            module_bytes=noop_module.stat().st_size,
+        ),
+        Variant("noop-lua", "Lua filter, empty envoy_on_request", [lua_noop_filter()]),
+    ]
+    natives = {
+        "authz": "native-jwt-rbac",
+        "circuit-breaker": "native-ratelimit",
+    }
+    # Istio's order: AUTHN, AUTHZ, STATS, then no phase (the breaker).
+    for name in ("authz", "routing", "telemetry", "circuit-breaker"):
+        if name in meshwasm:
+            wasm, source = meshwasm[name]
+            variants.append(
+                Variant(
+                    name,
+                    f"meshwasm {name} ({source})",
+                    [wasm],
+                    native=natives.get(name),
+                    module_bytes=sizes[name],
+                    expect_without_token=401 if name == "authz" else None,
+                )
+            )
+    if len(meshwasm) > 1:
+        variants.append(
+            Variant(
+                "meshwasm-chain",
+                "every meshwasm filter: " + " > ".join(meshwasm),
+                [wasm for wasm, _ in meshwasm.values()],
+                native="native-chain",
+                module_bytes=sum(sizes.values()),
+                expect_without_token=401 if "authz" in meshwasm else None,
+            )
+        )
+    variants += [
+        Variant(
+            "native-jwt-rbac",
+            "jwt_authn RS256 with jwt_cache_config + RBAC (any authenticated)",
+            [jwt_authn_filter(jwks_text, cache=True), rbac_authenticated_filter()],
+            expect_without_token=401,
+        ),
+        Variant(
+            "native-jwt-rbac-nocache",
+            "jwt_authn RS256 without cache (a signature check per request) + RBAC",
+            [jwt_authn_filter(jwks_text, cache=False), rbac_authenticated_filter()],
+            expect_without_token=401,
+        ),
+        Variant("native-ratelimit", "local_ratelimit, non-limiting shared bucket", [local_ratelimit_filter()]),
+        Variant(
+            "native-chain",
+            "jwt_authn (cached) + RBAC + local_ratelimit",
+            [jwt_authn_filter(jwks_text, cache=True), rbac_authenticated_filter(), local_ratelimit_filter()],
+            expect_without_token=401,
+        ),
+    ]
+    return variants
+
+
+def bootstrap(variant, listen_port, admin_port):
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            "dynamic_stats": False,
+        },
+    }
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": STAT_PREFIX,
+        "generate_request_id": False,
+        "route_config": {
+            "name": "bench",
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": variant.filters + [router],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "bench",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        },
+    }
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pinned(core, argv, pin):
+    return ["taskset", "-c", str(core), *argv] if pin else argv
+
+
+def http_get(url, headers=None, timeout=2.0):
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
+def probe(port, token):
+    """Status and body of one benchmark-shaped request (with or without the
+    token)."""
+    headers = {name: value for name, value in REQUEST_HEADERS.items() if name != "Host"}
+    headers["Host"] = REQUEST_HEADERS["Host"]
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{REQUEST_PATH}", data=b"", headers=headers, method=REQUEST_METHOD
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2.0) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
+def cpu_seconds(pid):
+    # Fields after the parenthesised command name; utime and stime are the
+    # 14th and 15th fields of the line and cover every thread of the process.
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def requests_counted(admin_port):
+    name = f"http.{STAT_PREFIX}.downstream_rq_total"
+    _, body = http_get(f"http://127.0.0.1:{admin_port}/stats?filter=^{re.escape(name)}$")
+    for line in body.splitlines():
+        key, _, value = line.partition(": ")
+        if key == name:
+            return int(value)
+    raise RuntimeError(f"{name} missing from /stats")
+
+
+class Envoy:
+    def __init__(self, binary, variant, workdir, pin, log_level):
+        self.listen_port = free_port()
+        self.admin_port = free_port()
+        self.config = workdir / f"{variant.name}.json"
+        self.config.write_text(json.dumps(bootstrap(variant, self.listen_port, self.admin_port), indent=1))
+        self.log_path = workdir / f"{variant.name}.log"
+        argv = [
+            str(binary),
+            "-c", str(self.config),
+            "--concurrency", "1",
+            "--disable-hot-restart",
+            "--log-level", log_level,
+        ]
+        self.log_file = open(self.log_path, "w")
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            pinned(0, argv, pin), stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.pid = self.process.pid
+
+    def wait_ready(self, timeout=60.0):
+        deadline = self.started + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Envoy exited with {self.process.returncode}; log: {self.log_path}")
+            try:
+                status, _ = http_get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=0.5)
+                if status == 200:
+                    return time.monotonic() - self.started
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.01)
+        raise RuntimeError(f"Envoy not ready after {timeout} s; log: {self.log_path}")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log_file.close()
+
+    def log_tail(self, lines=15):
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------- wrk
+
+UNITS_US = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
+
+
+def wrk_script(path, token):
+    headers = dict(REQUEST_HEADERS)
+    headers["Authorization"] = f"Bearer {token}"
+    lines = [f'wrk.method = "{REQUEST_METHOD}"', f'wrk.path = "{REQUEST_PATH}"']
+    lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_wrk(port, seconds, connections, script, pin, latency):
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script)]
+    if latency:
+        argv.append("--latency")
+    argv.append(f"http://127.0.0.1:{port}{REQUEST_PATH}")
+    done = subprocess.run(pinned(1, argv, pin), capture_output=True, text=True, timeout=seconds + 30)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+def parse_wrk(output):
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
+    for percent in ("50", "90", "99"):
+        found = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        result[f"p{percent}_us"] = float(found.group(1)) * UNITS_US[found.group(2)] if found else float("nan")
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    result["non_2xx"] = int(bad.group(1)) if bad else 0
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    result["socket_errors"] = sum(int(n) for n in errors.groups()) if errors else 0
+    return result
+
+
+# ---------------------------------------------------------------- measurement
+
+
+def measure(binary, variant, workdir, token, script, settings):
+    envoy = Envoy(binary, variant, workdir, settings["pin"], settings["log_level"])
+    try:
+        ready_s = envoy.wait_ready()
+        status, body = probe(envoy.listen_port, token)
+        if status != 200:
+            raise RuntimeError(f"request with token answered {status}, not 200: {body}\n{envoy.log_tail()}")
+        if variant.expect_without_token is not None:
+            status, body = probe(envoy.listen_port, None)
+            if status != variant.expect_without_token:
+                raise RuntimeError(
+                    f"request without token answered {status}, not {variant.expect_without_token}: {body}\n"
+                    + envoy.log_tail()
+                )
+        run_wrk(envoy.listen_port, settings["warmup"], settings["connections"], script, settings["pin"], False)
+        rss = rss_mb(envoy.pid)
+        cpu_before = cpu_seconds(envoy.pid)
+        requests_before = requests_counted(envoy.admin_port)
+        output = run_wrk(
+            envoy.listen_port, settings["duration"], settings["connections"], script, settings["pin"], True
+        )
+        cpu_after = cpu_seconds(envoy.pid)
+        requests_after = requests_counted(envoy.admin_port)
+        result = parse_wrk(output)
+        served = requests_after - requests_before
+        result.update(
+            cpu_us=(cpu_after - cpu_before) * 1e6 / served if served else float("nan"),
+            rss_mb=rss,
+            ready_ms=ready_s * 1000,
+            requests=served,
+        )
+        if result["non_2xx"] or result["socket_errors"]:
+            log(f"  warning: {variant.name}: {result['non_2xx']} non-2xx, {result['socket_errors']} socket errors")
+        return result
+    finally:
+        envoy.stop()
+
+
+def median(values):
+    values = [v for v in values if v == v]
+    return statistics.median(values) if values else float("nan")
+
+
+def summarise(variants, samples):
+    rows = {}
+    for variant in variants:
+        runs = samples.get(variant.name, [])
+        if not runs:
+            continue
+        row = {key: median([run[key] for run in runs]) for key in runs[0]}
+        cpu = [run["cpu_us"] for run in runs]
+        row["cpu_spread_us"] = max(cpu) - min(cpu) if len(cpu) > 1 else 0.0
+        row["runs"] = len(runs)
+        rows[variant.name] = row
+    empty = rows.get("empty")
+    for variant in variants:
+        row = rows.get(variant.name)
+        if row is None:
+            continue
+        row["added_us"] = row["cpu_us"] - empty["cpu_us"] if empty else float("nan")
+        row["x_empty"] = row["cpu_us"] / empty["cpu_us"] if empty else float("nan")
+        row["rps_vs_empty"] = row["rps"] / empty["rps"] if empty else float("nan")
+        row["added_rss_mb"] = row["rss_mb"] - empty["rss_mb"] if empty else float("nan")
+        native = rows.get(variant.native) if variant.native else None
+        row["x_native"] = float("nan")
+        if native and empty and native["cpu_us"] - empty["cpu_us"] > 0:
+            row["x_native"] = row["added_us"] / (native["cpu_us"] - empty["cpu_us"])
+    return rows
+
+
+# ---------------------------------------------------------------- output
+
+
+def fmt(value, digits=1):
+    if value != value:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+COLUMNS = [
+    ("variant", "variant"),
+    ("rps", "req/s"),
+    ("rps_vs_empty", "req/s vs empty"),
+    ("p50_us", "p50 µs"),
+    ("p90_us", "p90 µs"),
+    ("p99_us", "p99 µs"),
+    ("cpu_us", "CPU µs/req"),
+    ("cpu_spread_us", "CPU spread µs"),
+    ("added_us", "added µs/req"),
+    ("x_empty", "× empty"),
+    ("x_native", "added × native"),
+    ("native", "native equivalent"),
+    ("rss_mb", "RSS MB"),
+    ("added_rss_mb", "added RSS MB"),
+    ("ready_ms", "start→ready ms"),
+    ("wasm_kb", ".wasm KiB"),
+]
+
+
+def table_rows(variants, rows):
+    for variant in variants:
+        row = rows.get(variant.name)
+        if row is None:
+            continue
+        yield variant, {
+            **row,
+            "variant": variant.name,
+            "native": variant.native or "",
+            "wasm_kb": variant.module_bytes / 1024 if variant.module_bytes else float("nan"),
+        }
+
+
+def markdown(variants, rows, header):
+    out = [header, "", "| " + " | ".join(title for _, title in COLUMNS) + " |"]
+    out.append("|" + "|".join(" --- " if key in ("variant", "native") else " ---: " for key, _ in COLUMNS) + "|")
+    digits = {"rps": 0, "rps_vs_empty": 2, "x_empty": 2, "x_native": 2, "p50_us": 0, "p90_us": 0, "p99_us": 0,
+              "ready_ms": 0, "wasm_kb": 0}
+    for _, row in table_rows(variants, rows):
+        cells = []
+        for key, _ in COLUMNS:
+            value = row[key]
+            cells.append(f"`{value}`" if key == "variant" else value if isinstance(value, str) else fmt(value, digits.get(key, 1)))
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Variants:", ""]
+    out += [f"- `{v.name}`: {v.description}" for v in variants if v.name in rows]
+    return "\n".join(out) + "\n"
+
+
+def write_csv(path, variants, rows):
+    keys = [key for key, _ in COLUMNS] + ["requests", "non_2xx", "socket_errors", "runs"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(keys)
+        for _, row in table_rows(variants, rows):
+            writer.writerow([row[key] if isinstance(row[key], str) else round(row[key], 3) for key in keys])
+
+
+def chart(path, variants, rows, title):
+    if not shutil.which("gnuplot"):
+        log("chart skipped: gnuplot is not installed (apt-get install gnuplot-nox)")
+        return False
+    plotted = [variant for variant, _ in table_rows(variants, rows) if variant.name != "empty"]
+    if not plotted:
+        log("chart skipped: nothing measured besides the empty chain")
+        return False
+    data = path.with_suffix(".dat")
+    with open(data, "w") as handle:
+        for variant, row in table_rows(variants, rows):
+            if variant.name != "empty":
+                handle.write(f'"{variant.name}" {row["added_us"]:.3f}\n')
+    script = f"""
+set terminal png size 1100,520 font ",10"
+set output "{path}"
+set title "{title}"
+set ylabel "added Envoy CPU µs per request (vs empty chain)"
+set style data histograms
+set style fill solid 0.8 border -1
+set boxwidth 0.7
+set grid ytics
+set xtics rotate by -30 left
+set yrange [0:*]
+set key off
+plot "{data}" using 2:xtic(1) linecolor rgb "#3b75af", '' using 0:2:(sprintf("%.1f",$2)) with labels offset 0,0.7
+"""
+    done = subprocess.run(["gnuplot"], input=script, capture_output=True, text=True)
+    if done.returncode != 0:
+        log(f"chart skipped: gnuplot failed: {done.stderr.strip()}")
+        return False
+    return True
+
+
+def machine_summary(envoy):
+    version = subprocess.run([str(envoy), "--version"], capture_output=True, text=True).stdout.strip()
+    version = re.search(r"version: (\S+)", version)
+    cpu = ""
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except StopIteration:
+        pass
+    return {
+        "envoy": version.group(1) if version else "unknown",
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": os.uname().release,
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envoy", required=True, type=Path)
+    parser.add_argument("--dist", required=True, type=Path)
+    parser.add_argument("--noop", required=True, type=Path, help="the no-op filter's .wasm")
+    parser.add_argument("--out", type=Path, default=REPO / "bench-results")
+    parser.add_argument("--token", help="RS256 demo token (default: cargo run -p mint-token)")
+    args = parser.parse_args()
+
+    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    settings = {
+        "duration": int(os.environ.get("BENCH_DURATION", 1 if quick else 4)),
+        "warmup": int(os.environ.get("BENCH_WARMUP", 1 if quick else 2)),
+        "reps": int(os.environ.get("BENCH_REPS", 1 if quick else 3)),
+        "connections": int(os.environ.get("BENCH_CONNECTIONS", 16)),
+        "log_level": os.environ.get("BENCH_LOG_LEVEL", "warning"),
+        "pin": bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2,
+    }
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    if not settings["pin"]:
+        log("note: taskset or a second core is missing; Envoy and wrk are not pinned")
+
+    token = args.token or subprocess.run(
+        ["cargo", "run", "-q", "-p", "mint-token", "--", "--sub", "alice",
+         "--claims", '{"user":"alice","tenant":"acme"}', "--exp-in", "2h"],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+    variants = build_variants(args.dist, args.noop)
+    wanted = [name for name in os.environ.get("BENCH_VARIANTS", "").split(",") if name]
+    if wanted:
+        variants = [v for v in variants if v.name in wanted or v.name == "empty"]
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_summary(args.envoy)
+    log(
+        f"Envoy {machine['envoy']} on {machine['cpu']} ({machine['cores']} cores, load {machine['load']}); "
+        f"{len(variants)} variants × {settings['reps']} repetitions, {settings['warmup']} s warm-up + "
+        f"{settings['duration']} s wrk -c{settings['connections']} each"
+    )
+
+    samples = {}
+    failures = {}
+    with tempfile.TemporaryDirectory(prefix="meshwasm-bench-") as tmp:
+        workdir = Path(tmp)
+        script = workdir / "request.lua"
+        wrk_script(script, token)
+        for rep in range(settings["reps"]):
+            for variant in variants:
+                if variant.name in failures:
+                    continue
+                try:
+                    result = measure(args.envoy, variant, workdir, token, script, settings)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+                    failures[variant.name] = str(err)
+                    log(f"[{rep + 1}/{settings['reps']}] {variant.name}: FAILED: {err}")
+                    continue
+                samples.setdefault(variant.name, []).append(result)
+                log(
+                    f"[{rep + 1}/{settings['reps']}] {variant.name:24} {result['rps']:9.0f} req/s "
+                    f"{result['cpu_us']:6.1f} CPU µs/req  p99 {result['p99_us']:7.0f} µs  "
+                    f"RSS {result['rss_mb']:5.1f} MB  ready {result['ready_ms']:5.0f} ms"
+                )
+
+    rows = summarise(variants, samples)
+    header = (
+        f"Envoy {machine['envoy']}, {machine['cpu']}, {machine['cores']} cores, kernel {machine['kernel']}, "
+        f"load average at start {machine['load']}. Envoy `--concurrency 1`"
+        f"{' on core 0' if settings['pin'] else ''}, `wrk -t1 -c{settings['connections']}`"
+        f"{' on core 1' if settings['pin'] else ''}, `{REQUEST_METHOD} {REQUEST_PATH}` with a bearer token, "
+        f"{settings['warmup']} s warm-up + {settings['duration']} s measured, median of {settings['reps']} "
+        f"round-robin repetition(s). Run {stamp}."
+    )
+    text = markdown(variants, rows, header)
+    if failures:
+        text += "\nFailed variants:\n\n" + "\n".join(
+            f"- `{name}`: {message.splitlines()[0]}" for name, message in failures.items()
+        ) + "\n"
+    (out / "results.md").write_text(text)
+    write_csv(out / "results.csv", variants, rows)
+    charted = chart(out / "added-cpu.png", variants, rows, f"meshwasm filter cost, Envoy {machine['envoy']}")
+    print(text)
+    log(f"results: {out}/results.md, results.csv" + (", added-cpu.png" if charted else ""))
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
