@@ -11,10 +11,26 @@ use std::collections::BTreeMap;
 
 const INGRESS: &str = "istio-ingressgateway";
 
+/// A valid demo token with `claims`: the shipped authz plugin requires one
+/// for `/orders` and hands its verified claims to the routing filter.
+fn bearer(claims: serde_json::Value) -> String {
+    let token = mint_token::Mint::demo("e2e")
+        .and_then(|mint| mint.claims(claims))
+        .and_then(|mint| mint.sign())
+        .unwrap();
+    format!("Bearer {token}")
+}
+
+/// An order with a token carrying no routing claims, unless `headers` has one.
 fn order(agent: &ureq::Agent, mesh: &Mesh, path: &str, headers: &[(&str, &str)]) -> Response {
     let url = format!("{}{path}", mesh.ready.ingress);
     let body = json!({"sku": "sku-1", "quantity": 1, "user": "e2e"});
-    http::post_json(agent, &url, &body, headers).unwrap()
+    let auth = bearer(json!({}));
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if !headers.iter().any(|(name, _)| *name == "authorization") {
+        all.push(("authorization", &auth));
+    }
+    http::post_json(agent, &url, &body, &all).unwrap()
 }
 
 /// The inventory version that served an order.
@@ -84,10 +100,9 @@ fn sticky_canary_sends_a_fifth_of_users_to_v2_across_the_order_hop() {
     assert!(counted, "no decision metric in:\n{metrics}");
 }
 
-/// The ingress plugin of the shipped manifest, with claims read from a header
-/// the test sets (standing in for the authz filter's verified claims) and a
-/// path rewrite.
-const INGRESS_WITH_TEST_CLAIMS: &str = r#"
+/// The ingress plugin of the shipped manifest plus a path rewrite and the
+/// debug header; claims come from the authz filter's verified token.
+const INGRESS_WITH_REWRITE: &str = r#"
 apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
 metadata:
@@ -102,8 +117,6 @@ spec:
   phase: AUTHZ
   failStrategy: FAIL_OPEN
   pluginConfig:
-    claims:
-      header: x-test-verified-claims
     lane:
       accept_baggage: false
       allowed: [v1, v2]
@@ -141,9 +154,9 @@ spec:
 "#;
 
 #[test]
-fn beta_claims_go_to_v2_and_rewritten_paths_reach_the_app() {
+fn verified_beta_claims_go_to_v2_and_rewritten_paths_reach_the_app() {
     let mesh = Mesh::start(MeshOptions {
-        extra_manifests: vec![INGRESS_WITH_TEST_CLAIMS.to_owned()],
+        extra_manifests: vec![INGRESS_WITH_REWRITE.to_owned()],
         ..MeshOptions::default()
     })
     .unwrap();
@@ -152,25 +165,15 @@ fn beta_claims_go_to_v2_and_rewritten_paths_reach_the_app() {
     // Users the canary puts on v1 go to v2 once they hold `beta: true`.
     let mut checked = 0;
     for user in 0..60 {
-        let plain = json!({"user": format!("u{user}")}).to_string();
-        let response = order(
-            &agent,
-            &mesh,
-            "/orders",
-            &[("x-test-verified-claims", &plain)],
-        );
+        let plain = bearer(json!({"user": format!("u{user}")}));
+        let response = order(&agent, &mesh, "/orders", &[("authorization", &plain)]);
         if version_of(&response) != "v1" {
             continue;
         }
         checked += 1;
-        let beta = json!({"user": format!("u{user}"), "beta": true}).to_string();
+        let beta = bearer(json!({"user": format!("u{user}"), "beta": true}));
         for _ in 0..3 {
-            let response = order(
-                &agent,
-                &mesh,
-                "/orders",
-                &[("x-test-verified-claims", &beta)],
-            );
+            let response = order(&agent, &mesh, "/orders", &[("authorization", &beta)]);
             assert_eq!(version_of(&response), "v2", "beta user u{user}");
             assert_eq!(
                 response.header("x-meshwasm-route"),

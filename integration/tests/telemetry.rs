@@ -69,10 +69,21 @@ fn prometheus_when(mesh: &Mesh, proxy: &str, ready: impl Fn(&str) -> bool) -> St
     }
 }
 
+/// A valid demo token: the shipped authz plugin requires one for `/orders`.
+fn bearer() -> String {
+    let token = mint_token::Mint::demo("e2e")
+        .and_then(|mint| mint.sign())
+        .unwrap();
+    format!("Bearer {token}")
+}
+
 fn place_order(agent: &ureq::Agent, mesh: &Mesh, headers: &[(&str, &str)]) -> Response {
     let url = format!("{}/orders", mesh.ready.ingress);
     let body = json!({"sku": "sku-1", "quantity": 1, "user": "e2e"});
-    let response = http::post_json(agent, &url, &body, headers).unwrap();
+    let auth = bearer();
+    let mut all = vec![("authorization", auth.as_str())];
+    all.extend_from_slice(headers);
+    let response = http::post_json(agent, &url, &body, &all).unwrap();
     assert_eq!(response.status, 201, "order failed: {}", response.body);
     response
 }
@@ -299,7 +310,9 @@ fn one_trace_id_reaches_the_last_hop_and_every_access_log_and_no_credential_is_l
     let payment = workload_starting_with(&mesh, "payment");
     let order = workload_starting_with(&mesh, "order");
 
-    let bearer = "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJzZWNyZXQtc3ViamVjdCJ9.c2VjcmV0LXNpZw";
+    let bogus_bearer = "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJzZWNyZXQtc3ViamVjdCJ9.c2VjcmV0LXNpZw";
+    let valid_bearer = bearer();
+    let valid_signature = valid_bearer.rsplit('.').next().unwrap().to_owned();
     let cookie = "session=secret-cookie-value-42";
     let url = format!(
         "{}/orders?access_token=secret-query-token-42",
@@ -311,7 +324,11 @@ fn one_trace_id_reaches_the_last_hop_and_every_access_log_and_no_credential_is_l
         &agent,
         &url,
         &body,
-        &[("cookie", cookie), ("x-tenant-id", "acme")],
+        &[
+            ("authorization", valid_bearer.as_str()),
+            ("cookie", cookie),
+            ("x-tenant-id", "acme"),
+        ],
     )
     .unwrap();
     assert_eq!(response.status, 201, "{}", response.body);
@@ -329,7 +346,7 @@ fn one_trace_id_reaches_the_last_hop_and_every_access_log_and_no_credential_is_l
         &agent,
         &url,
         &body,
-        &[("authorization", bearer), ("cookie", cookie)],
+        &[("authorization", bogus_bearer), ("cookie", cookie)],
     )
     .unwrap();
 
@@ -393,6 +410,7 @@ fn one_trace_id_reaches_the_last_hop_and_every_access_log_and_no_credential_is_l
             "secret-cookie-value-42",
             "c2VjcmV0LXNpZw",
             "eyJzdWIiOiJzZWNyZXQtc3ViamVjdCJ9",
+            valid_signature.as_str(),
         ] {
             assert!(!log.contains(secret), "{secret} logged by {process}");
         }
