@@ -47,11 +47,15 @@ pub fn extract(
                     if !key.eq_ignore_ascii_case(name) {
                         continue;
                     }
-                    let starts = value
-                        .get(..prefix.len())
-                        .is_some_and(|head| head.eq_ignore_ascii_case(prefix));
-                    if starts {
-                        take(value[prefix.len()..].trim(), location);
+                    // Repeated headers may arrive joined with commas; a JWT
+                    // never contains one, so each part is a token of its own.
+                    for part in value.split(',').map(str::trim_start) {
+                        let starts = part
+                            .get(..prefix.len())
+                            .is_some_and(|head| head.eq_ignore_ascii_case(prefix));
+                        if starts {
+                            take(part[prefix.len()..].trim(), location);
+                        }
                     }
                 }
             }
@@ -173,6 +177,8 @@ mod tests {
         assert_eq!(extract(&all(), &headers, "/"), Extracted::Ambiguous);
         let twice = h(&[("authorization", "Bearer a"), ("authorization", "Bearer a")]);
         assert_eq!(extract(&all(), &twice, "/"), Extracted::Ambiguous);
+        let joined = h(&[("authorization", "Bearer a, Bearer b")]);
+        assert_eq!(extract(&all(), &joined, "/"), Extracted::Ambiguous);
         assert_eq!(
             extract(
                 &all(),

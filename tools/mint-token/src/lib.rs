@@ -5,7 +5,8 @@
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+pub use jsonwebtoken::Algorithm;
+use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -112,4 +113,9 @@ impl Mint {
             .context("signing")?;
         Ok(format!("{message}.{signature}"))
     }
+}
+
+/// Unpadded base64url, for hand-made hostile tokens.
+pub fn base64url(bytes: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
 }
