@@ -25,6 +25,7 @@ pub const STAT_TAGS: &[&str] = &[
     "decision",
     "reason",
     "provider",
+    "result",
     "rule",
     "lane",
     "key",
