@@ -657,10 +657,11 @@ set title "{title}"
 set ylabel "added Envoy CPU µs per request (vs empty chain)"
 set style data histograms
 set style fill solid 0.8 border -1
-set boxwidth 0.7
 set grid ytics
 set xtics rotate by -30 left
-set yrange [0:*]
+set yrange [*:*]
+set style histogram clustered gap 1
+set xzeroaxis
 set key off
 plot "{data}" using 2:xtic(1) linecolor rgb "#3b75af", '' using 0:2:(sprintf("%.1f",$2)) with labels offset 0,0.7
 """
@@ -683,8 +684,11 @@ def machine_summary(envoy):
         )
     except StopIteration:
         pass
+    full = version.group(1) if version else "unknown"
     return {
-        "envoy": version.group(1) if version else "unknown",
+        "envoy": full,
+        # `<sha>/1.40.0/Clean/RELEASE/BoringSSL` -> `1.40.0`
+        "envoy_release": full.split("/")[1] if full.count("/") >= 2 else full,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "kernel": os.uname().release,
@@ -775,7 +779,7 @@ def main():
         ) + "\n"
     (out / "results.md").write_text(text)
     write_csv(out / "results.csv", variants, rows)
-    charted = chart(out / "added-cpu.png", variants, rows, f"meshwasm filter cost, Envoy {machine['envoy']}")
+    charted = chart(out / "added-cpu.png", variants, rows, f"meshwasm filter cost, Envoy {machine['envoy_release']}")
     print(text)
     log(f"results: {out}/results.md, results.csv" + (", added-cpu.png" if charted else ""))
     if failures:
