@@ -40,6 +40,10 @@ DEMO_ISSUER = "https://auth.meshwasm.local"
 DEMO_AUDIENCE = "order-app"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STAT_PREFIX = "bench"
+# Tokens cycled by the cache-miss variants: twice the caches' 1024 entries
+# (authz `cache_entries` default, jwt_authn `jwt_cache_size` here), so a
+# FIFO or LRU cache never hits.
+MISS_TOKENS = 2048
 
 # One request shape for every variant, so header parsing costs the same
 # everywhere; it matches every filter's representative config (the breaker
@@ -202,19 +206,35 @@ def authz_plugin(jwks):
 
 
 class Variant:
-    def __init__(self, name, description, filters, native=None, module_bytes=0, expect_without_token=None):
+    def __init__(
+        self,
+        name,
+        description,
+        filters,
+        native=None,
+        module_bytes=0,
+        expect_without_token=None,
+        unique_tokens=False,
+        optional=False,
+    ):
         self.name = name
         self.description = description
         self.filters = filters
         self.native = native
         self.module_bytes = module_bytes
         self.expect_without_token = expect_without_token
+        # Each request carries the next of MISS_TOKENS tokens: every
+        # verification is a cache miss.
+        self.unique_tokens = unique_tokens
+        # Diagnostic variants run only when named in BENCH_VARIANTS.
+        self.optional = optional
 
 
 def build_variants(dist, noop_module):
     jwks_text = DEMO_JWKS.read_text()
     jwks = json.loads(jwks_text)
     meshwasm = {}
+    configs = {}
     sizes = {}
     for name in ("authz", "routing", "telemetry", "circuit-breaker"):
         module = dist / f"{name}.wasm"
@@ -231,6 +251,7 @@ def build_variants(dist, noop_module):
             root_id, config = found
             source = f"wasmplugin-{name}.yaml"
         meshwasm[name] = (wasm_filter(name, root_id, module, config), source)
+        configs[name] = (root_id, module, config)
         sizes[name] = module.stat().st_size
 
     variants = [
@@ -261,6 +282,31 @@ def build_variants(dist, noop_module):
                     expect_without_token=401 if name == "authz" else None,
                 )
             )
+    if "authz" in meshwasm:
+        variants.append(
+            Variant(
+                "authz-miss",
+                f"meshwasm authz, a new token every request ({MISS_TOKENS} tokens cycled: cache misses)",
+                [meshwasm["authz"][0]],
+                native="native-jwt-rbac-miss",
+                module_bytes=sizes["authz"],
+                expect_without_token=401,
+                unique_tokens=True,
+            )
+        )
+    if "telemetry" in configs:
+        root_id, module, config = configs["telemetry"]
+        quiet = json.loads(json.dumps(config))
+        quiet.setdefault("access_log", {})["enabled"] = False
+        variants.append(
+            Variant(
+                "telemetry-nolog",
+                "meshwasm telemetry with access_log.enabled: false (diagnostic)",
+                [wasm_filter("telemetry", root_id, module, quiet)],
+                module_bytes=sizes["telemetry"],
+                optional=True,
+            )
+        )
     if len(meshwasm) > 1:
         variants.append(
             Variant(
@@ -280,10 +326,11 @@ def build_variants(dist, noop_module):
             expect_without_token=401,
         ),
         Variant(
-            "native-jwt-rbac-nocache",
-            "jwt_authn RS256 without cache (a signature check per request) + RBAC",
-            [jwt_authn_filter(jwks_text, cache=False), rbac_authenticated_filter()],
+            "native-jwt-rbac-miss",
+            f"jwt_authn RS256 with jwt_cache_config + RBAC, a new token every request ({MISS_TOKENS} cycled)",
+            [jwt_authn_filter(jwks_text, cache=True), rbac_authenticated_filter()],
             expect_without_token=401,
+            unique_tokens=True,
         ),
         Variant("native-ratelimit", "local_ratelimit, non-limiting shared bucket", [local_ratelimit_filter()]),
         Variant(
@@ -466,12 +513,53 @@ class Envoy:
 UNITS_US = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
 
 
-def wrk_script(path, token):
+def wrk_script(path, token, tokens_file=None):
+    """The benchmark request for wrk; with `tokens_file`, each request takes
+    the next token of the file (built per request in wrk's Lua, on wrk's
+    core: Envoy's CPU per request is unaffected, its ceiling may drop)."""
     headers = dict(REQUEST_HEADERS)
     headers["Authorization"] = f"Bearer {token}"
     lines = [f'wrk.method = "{REQUEST_METHOD}"', f'wrk.path = "{REQUEST_PATH}"']
     lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
+    if tokens_file:
+        lines += [
+            "local tokens = {}",
+            f'for line in io.lines("{tokens_file}") do tokens[#tokens + 1] = line end',
+            "local next_token = 0",
+            "request = function()",
+            "  next_token = next_token % #tokens + 1",
+            '  wrk.headers["Authorization"] = "Bearer " .. tokens[next_token]',
+            "  return wrk.format()",
+            "end",
+        ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def mint_tokens(count, workdir):
+    """`count` distinct demo tokens (distinct `jti`), from the mint-token
+    binary built by `cargo run -p mint-token`, two at a time."""
+    binary = REPO / "target" / "debug" / "mint-token"
+    argv = [str(binary)] if binary.exists() else ["cargo", "run", "-q", "-p", "mint-token", "--"]
+    tokens = []
+    pending = []
+    for index in range(count):
+        claims = json.dumps({"user": "alice", "tenant": "acme", "jti": f"bench-{index}"})
+        pending.append(
+            subprocess.Popen(
+                argv + ["--sub", "alice", "--claims", claims, "--exp-in", "2h"],
+                cwd=REPO, stdout=subprocess.PIPE, text=True,
+            )
+        )
+        if len(pending) >= 4 or index == count - 1:
+            for process in pending:
+                out, _ = process.communicate()
+                if process.returncode != 0:
+                    raise RuntimeError("mint-token failed")
+                tokens.append(out.strip())
+            pending = []
+    path = workdir / "tokens.txt"
+    path.write_text("\n".join(tokens) + "\n")
+    return path
 
 
 def run_wrk(port, seconds, connections, script, pin, latency):
@@ -500,7 +588,8 @@ def parse_wrk(output):
 # ---------------------------------------------------------------- measurement
 
 
-def measure(binary, variant, workdir, token, script, settings):
+def measure(binary, variant, workdir, token, scripts, settings):
+    script = scripts["unique" if variant.unique_tokens else "same"]
     envoy = Envoy(binary, variant, workdir, settings["pin"], settings["log_level"])
     try:
         ready_s = envoy.wait_ready()
@@ -551,6 +640,7 @@ def summarise(variants, samples):
             continue
         row = {key: median([run[key] for run in runs]) for key in runs[0]}
         cpu = [run["cpu_us"] for run in runs]
+        row["cpu_min_us"] = min(cpu)
         row["cpu_spread_us"] = max(cpu) - min(cpu) if len(cpu) > 1 else 0.0
         row["runs"] = len(runs)
         rows[variant.name] = row
@@ -587,6 +677,7 @@ COLUMNS = [
     ("p90_us", "p90 µs"),
     ("p99_us", "p99 µs"),
     ("cpu_us", "CPU µs/req"),
+    ("cpu_min_us", "CPU min µs/req"),
     ("cpu_spread_us", "CPU spread µs"),
     ("added_us", "added µs/req"),
     ("x_empty", "× empty"),
@@ -728,7 +819,12 @@ def main():
     variants = build_variants(args.dist, args.noop)
     wanted = [name for name in os.environ.get("BENCH_VARIANTS", "").split(",") if name]
     if wanted:
+        unknown = set(wanted) - {v.name for v in variants}
+        if unknown:
+            sys.exit(f"unknown variant(s) {', '.join(sorted(unknown))}; known: {', '.join(v.name for v in variants)}")
         variants = [v for v in variants if v.name in wanted or v.name == "empty"]
+    else:
+        variants = [v for v in variants if not v.optional]
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.out / stamp
@@ -744,14 +840,18 @@ def main():
     failures = {}
     with tempfile.TemporaryDirectory(prefix="meshwasm-bench-") as tmp:
         workdir = Path(tmp)
-        script = workdir / "request.lua"
-        wrk_script(script, token)
+        scripts = {"same": workdir / "request.lua"}
+        wrk_script(scripts["same"], token)
+        if any(v.unique_tokens for v in variants):
+            log(f"minting {MISS_TOKENS} distinct tokens for the cache-miss variants")
+            scripts["unique"] = workdir / "request-unique-tokens.lua"
+            wrk_script(scripts["unique"], token, mint_tokens(MISS_TOKENS, workdir))
         for rep in range(settings["reps"]):
             for variant in variants:
                 if variant.name in failures:
                     continue
                 try:
-                    result = measure(args.envoy, variant, workdir, token, script, settings)
+                    result = measure(args.envoy, variant, workdir, token, scripts, settings)
                 except (RuntimeError, OSError, subprocess.SubprocessError) as err:
                     failures[variant.name] = str(err)
                     log(f"[{rep + 1}/{settings['reps']}] {variant.name}: FAILED: {err}")
