@@ -122,14 +122,14 @@ spec:
       allowed: [v1, v2]
     debug_header: x-meshwasm-route
     rules:
-      - name: shop-prefix
+      - name: legacy-prefix
         match:
-          path: /shop/*
+          path: /orders-legacy*
         action:
           path_rewrite:
             prefix:
-              from: /shop/
-              to: /
+              from: /orders-legacy
+              to: /orders
       - name: beta
         match:
           claims:
@@ -183,14 +183,14 @@ fn verified_beta_claims_go_to_v2_and_rewritten_paths_reach_the_app() {
     }
     assert!(checked >= 20, "only {checked} v1 users to check");
 
-    // `/shop/orders` matches no gateway route; rewritten to `/orders`, Envoy
-    // picks the order route again and the app (which only serves `/orders`)
-    // creates the order.
-    let response = order(&agent, &mesh, "/shop/orders", &[]);
+    // `/orders-legacy` passes authz (its `/orders*` rule) and the gateway's
+    // `/orders` prefix route; only the rewrite makes the app (which serves
+    // `/orders`, not `/orders-legacy`) create the order.
+    let response = order(&agent, &mesh, "/orders-legacy", &[]);
     assert_eq!(response.status, 201, "{}", response.body);
     assert_eq!(
         response.header("x-meshwasm-route"),
-        Some("rule=shop-prefix; lane=none")
+        Some("rule=legacy-prefix; lane=none")
     );
     let location = response.header("location").unwrap_or_default();
     assert!(location.starts_with("/orders/"), "location {location}");
