@@ -14,6 +14,7 @@ of variant names), BENCH_LOG_LEVEL (Envoy's, default warning as in Istio).
 """
 
 import argparse
+import base64
 import csv
 import datetime
 import json
@@ -214,6 +215,7 @@ class Variant:
         native=None,
         module_bytes=0,
         expect_without_token=None,
+        algorithm="RS256",
         unique_tokens=False,
         optional=False,
     ):
@@ -223,6 +225,8 @@ class Variant:
         self.native = native
         self.module_bytes = module_bytes
         self.expect_without_token = expect_without_token
+        # The token's JWS algorithm (RS256: the demo key).
+        self.algorithm = algorithm
         # Each request carries the next of MISS_TOKENS tokens: every
         # verification is a cache miss.
         self.unique_tokens = unique_tokens
@@ -230,7 +234,9 @@ class Variant:
         self.optional = optional
 
 
-def build_variants(dist, noop_module):
+def build_variants(dist, noop_module, jwks_by_algorithm):
+    """Every variant; `jwks_by_algorithm` maps RS256, ES256 and HS256 to a
+    JWKS (text) holding the key that signs that algorithm's tokens."""
     jwks_text = DEMO_JWKS.read_text()
     jwks = json.loads(jwks_text)
     meshwasm = {}
@@ -282,18 +288,30 @@ def build_variants(dist, noop_module):
                     expect_without_token=401 if name == "authz" else None,
                 )
             )
-    if "authz" in meshwasm:
-        variants.append(
-            Variant(
-                "authz-miss",
-                f"meshwasm authz, a new token every request ({MISS_TOKENS} tokens cycled: cache misses)",
-                [meshwasm["authz"][0]],
-                native="native-jwt-rbac-miss",
-                module_bytes=sizes["authz"],
-                expect_without_token=401,
-                unique_tokens=True,
+    if "authz" in configs:
+        root_id, module, config = configs["authz"]
+        for algorithm in ("RS256", "ES256", "HS256"):
+            suffix = "" if algorithm == "RS256" else f"-{algorithm.lower()}"
+            if algorithm == "RS256":
+                filters = [meshwasm["authz"][0]]
+            else:
+                other = json.loads(json.dumps(config))
+                for provider in other.get("providers", []):
+                    provider["algorithms"] = [algorithm]
+                    provider["jwks"] = jwks_by_algorithm[algorithm]
+                filters = [wasm_filter("authz", root_id, module, other)]
+            variants.append(
+                Variant(
+                    f"authz{suffix}-miss",
+                    f"meshwasm authz, {algorithm}, a new token every request ({MISS_TOKENS} cycled: cache misses)",
+                    filters,
+                    native=f"native-jwt-rbac{suffix}-miss",
+                    module_bytes=sizes["authz"],
+                    expect_without_token=401,
+                    algorithm=algorithm,
+                    unique_tokens=True,
+                )
             )
-        )
     if "telemetry" in configs:
         root_id, module, config = configs["telemetry"]
         quiet = json.loads(json.dumps(config))
@@ -325,12 +343,16 @@ def build_variants(dist, noop_module):
             [jwt_authn_filter(jwks_text, cache=True), rbac_authenticated_filter()],
             expect_without_token=401,
         ),
-        Variant(
-            "native-jwt-rbac-miss",
-            f"jwt_authn RS256 with jwt_cache_config + RBAC, a new token every request ({MISS_TOKENS} cycled)",
-            [jwt_authn_filter(jwks_text, cache=True), rbac_authenticated_filter()],
-            expect_without_token=401,
-            unique_tokens=True,
+        *(
+            Variant(
+                f"native-jwt-rbac{suffix}-miss",
+                f"jwt_authn {algorithm} with jwt_cache_config + RBAC, a new token every request ({MISS_TOKENS} cycled)",
+                [jwt_authn_filter(jwks_by_algorithm[algorithm], cache=True), rbac_authenticated_filter()],
+                expect_without_token=401,
+                algorithm=algorithm,
+                unique_tokens=True,
+            )
+            for algorithm, suffix in (("RS256", ""), ("ES256", "-es256"), ("HS256", "-hs256"))
         ),
         Variant("native-ratelimit", "local_ratelimit, non-limiting shared bucket", [local_ratelimit_filter()]),
         Variant(
@@ -484,7 +506,7 @@ class Envoy:
         deadline = self.started + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"Envoy exited with {self.process.returncode}; log: {self.log_path}")
+                raise RuntimeError(f"Envoy exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 status, _ = http_get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=0.5)
                 if status == 200:
@@ -535,31 +557,99 @@ def wrk_script(path, token, tokens_file=None):
     path.write_text("\n".join(lines) + "\n")
 
 
-def mint_tokens(count, workdir):
-    """`count` distinct demo tokens (distinct `jti`), from the mint-token
-    binary built by `cargo run -p mint-token`, two at a time."""
-    binary = REPO / "target" / "debug" / "mint-token"
-    argv = [str(binary)] if binary.exists() else ["cargo", "run", "-q", "-p", "mint-token", "--"]
-    tokens = []
-    pending = []
-    for index in range(count):
-        claims = json.dumps({"user": "alice", "tenant": "acme", "jti": f"bench-{index}"})
-        pending.append(
-            subprocess.Popen(
-                argv + ["--sub", "alice", "--claims", claims, "--exp-in", "2h"],
-                cwd=REPO, stdout=subprocess.PIPE, text=True,
+class Tokens:
+    """Demo tokens (issuer, audience, claims of the demo key) signed with the
+    committed RS256 demo key, or with an ES256 key and an HS256 secret made
+    for this run (never the test keys of filters/authz/testdata)."""
+
+    CLAIMS = {"user": "alice", "tenant": "acme"}
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.es256_key = workdir / "es256-private.pem"
+        self.hs256_secret = workdir / "hs256.secret"
+        ec = subprocess.run(
+            ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout"], check=True, capture_output=True
+        ).stdout
+        pkcs8 = subprocess.run(
+            ["openssl", "pkcs8", "-topk8", "-nocrypt"], input=ec, check=True, capture_output=True
+        ).stdout
+        self.es256_key.write_bytes(pkcs8)
+        public = subprocess.run(
+            ["openssl", "pkey", "-pubout", "-outform", "DER"], input=pkcs8, check=True, capture_output=True
+        ).stdout
+        point = public[-65:]  # 0x04 || X || Y
+        secret = os.urandom(32)
+        self.hs256_secret.write_bytes(secret)
+        # One key per set: authz refuses a key its `algorithms` cannot use.
+        self.jwks = {
+            "RS256": DEMO_JWKS.read_text(),
+            "ES256": json.dumps({"keys": [
+                {"kty": "EC", "crv": "P-256", "kid": "bench-es256", "alg": "ES256", "use": "sig",
+                 "x": b64url(point[1:33]), "y": b64url(point[33:])},
+            ]}),
+            "HS256": json.dumps({"keys": [
+                {"kty": "oct", "kid": "bench-hs256", "alg": "HS256", "use": "sig", "k": b64url(secret)},
+            ]}),
+        }
+        # `cargo run` once (builds the binary), then the binary itself.
+        self.mint_argv = ["cargo", "run", "-q", "-p", "mint-token", "--"]
+        self.main = self.mint(["RS256"], 1)[0]
+        binary = REPO / "target" / "debug" / "mint-token"
+        if binary.exists():
+            self.mint_argv = [str(binary)]
+
+    def key_args(self, algorithm):
+        if algorithm == "ES256":
+            return ["--alg", "ES256", "--key", str(self.es256_key), "--kid", "bench-es256"]
+        if algorithm == "HS256":
+            return ["--alg", "HS256", "--key", str(self.hs256_secret), "--kid", "bench-hs256"]
+        return []
+
+    def mint(self, algorithms, count):
+        """`count` distinct tokens (distinct `jti`) of the first algorithm,
+        four mint-token processes at a time."""
+        tokens = []
+        pending = []
+        for index in range(count):
+            claims = json.dumps({**self.CLAIMS, "jti": f"bench-{index}"} if count > 1 else self.CLAIMS)
+            argv = self.mint_argv + ["--sub", "alice", "--claims", claims, "--exp-in", "2h"]
+            pending.append(
+                subprocess.Popen(argv + self.key_args(algorithms[0]), cwd=REPO, stdout=subprocess.PIPE, text=True)
             )
-        )
-        if len(pending) >= 4 or index == count - 1:
-            for process in pending:
-                out, _ = process.communicate()
-                if process.returncode != 0:
-                    raise RuntimeError("mint-token failed")
-                tokens.append(out.strip())
-            pending = []
-    path = workdir / "tokens.txt"
-    path.write_text("\n".join(tokens) + "\n")
-    return path
+            if len(pending) >= 4 or index == count - 1:
+                for process in pending:
+                    out, _ = process.communicate()
+                    if process.returncode != 0:
+                        raise RuntimeError(f"mint-token failed ({algorithms[0]})")
+                    tokens.append(out.strip())
+                pending = []
+        return tokens
+
+    def scripts(self, variants):
+        """wrk scripts and probe tokens keyed by (algorithm, unique)."""
+        scripts = {}
+        for variant in variants:
+            key = (variant.algorithm, variant.unique_tokens)
+            if key in scripts:
+                continue
+            path = self.workdir / f"request-{variant.algorithm}{'-unique' if variant.unique_tokens else ''}.lua"
+            if variant.unique_tokens:
+                log(f"minting {MISS_TOKENS} distinct {variant.algorithm} tokens for the cache-miss variants")
+                tokens = self.mint([variant.algorithm], MISS_TOKENS)
+                tokens_file = path.with_suffix(".tokens")
+                tokens_file.write_text("\n".join(tokens) + "\n")
+                wrk_script(path, tokens[0], tokens_file)
+                scripts[key] = (path, tokens[0])
+            else:
+                token = self.main if variant.algorithm == "RS256" else self.mint([variant.algorithm], 1)[0]
+                wrk_script(path, token)
+                scripts[key] = (path, token)
+        return scripts
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def run_wrk(port, seconds, connections, script, pin, latency):
@@ -588,8 +678,8 @@ def parse_wrk(output):
 # ---------------------------------------------------------------- measurement
 
 
-def measure(binary, variant, workdir, token, scripts, settings):
-    script = scripts["unique" if variant.unique_tokens else "same"]
+def measure(binary, variant, workdir, scripts, settings):
+    script, token = scripts[(variant.algorithm, variant.unique_tokens)]
     envoy = Envoy(binary, variant, workdir, settings["pin"], settings["log_level"])
     try:
         ready_s = envoy.wait_ready()
@@ -793,7 +883,6 @@ def main():
     parser.add_argument("--dist", required=True, type=Path)
     parser.add_argument("--noop", required=True, type=Path, help="the no-op filter's .wasm")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
-    parser.add_argument("--token", help="RS256 demo token (default: cargo run -p mint-token)")
     args = parser.parse_args()
 
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
@@ -810,13 +899,16 @@ def main():
     if not settings["pin"]:
         log("note: taskset or a second core is missing; Envoy and wrk are not pinned")
 
-    token = args.token or subprocess.run(
-        ["cargo", "run", "-q", "-p", "mint-token", "--", "--sub", "alice",
-         "--claims", '{"user":"alice","tenant":"acme"}', "--exp-in", "2h"],
-        cwd=REPO, check=True, capture_output=True, text=True,
-    ).stdout.strip()
+    workdir = Path(tempfile.mkdtemp(prefix="meshwasm-bench-"))
+    try:
+        run(args, settings, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
-    variants = build_variants(args.dist, args.noop)
+
+def run(args, settings, workdir):
+    tokens = Tokens(workdir)
+    variants = build_variants(args.dist, args.noop, tokens.jwks)
     wanted = [name for name in os.environ.get("BENCH_VARIANTS", "").split(",") if name]
     if wanted:
         unknown = set(wanted) - {v.name for v in variants}
@@ -838,30 +930,23 @@ def main():
 
     samples = {}
     failures = {}
-    with tempfile.TemporaryDirectory(prefix="meshwasm-bench-") as tmp:
-        workdir = Path(tmp)
-        scripts = {"same": workdir / "request.lua"}
-        wrk_script(scripts["same"], token)
-        if any(v.unique_tokens for v in variants):
-            log(f"minting {MISS_TOKENS} distinct tokens for the cache-miss variants")
-            scripts["unique"] = workdir / "request-unique-tokens.lua"
-            wrk_script(scripts["unique"], token, mint_tokens(MISS_TOKENS, workdir))
-        for rep in range(settings["reps"]):
-            for variant in variants:
-                if variant.name in failures:
-                    continue
-                try:
-                    result = measure(args.envoy, variant, workdir, token, scripts, settings)
-                except (RuntimeError, OSError, subprocess.SubprocessError) as err:
-                    failures[variant.name] = str(err)
-                    log(f"[{rep + 1}/{settings['reps']}] {variant.name}: FAILED: {err}")
-                    continue
-                samples.setdefault(variant.name, []).append(result)
-                log(
-                    f"[{rep + 1}/{settings['reps']}] {variant.name:24} {result['rps']:9.0f} req/s "
-                    f"{result['cpu_us']:6.1f} CPU µs/req  p99 {result['p99_us']:7.0f} µs  "
-                    f"RSS {result['rss_mb']:5.1f} MB  ready {result['ready_ms']:5.0f} ms"
-                )
+    scripts = tokens.scripts(variants)
+    for rep in range(settings["reps"]):
+        for variant in variants:
+            if variant.name in failures:
+                continue
+            try:
+                result = measure(args.envoy, variant, workdir, scripts, settings)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+                failures[variant.name] = str(err)
+                log(f"[{rep + 1}/{settings['reps']}] {variant.name}: FAILED: {err}")
+                continue
+            samples.setdefault(variant.name, []).append(result)
+            log(
+                f"[{rep + 1}/{settings['reps']}] {variant.name:28} {result['rps']:9.0f} req/s "
+                f"{result['cpu_us']:6.1f} CPU µs/req  p99 {result['p99_us']:7.0f} µs  "
+                f"RSS {result['rss_mb']:5.1f} MB  ready {result['ready_ms']:5.0f} ms"
+            )
 
     rows = summarise(variants, samples)
     header = (
