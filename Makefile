@@ -81,8 +81,10 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshwasm-$(f)) -- -D warnings
 
+# Native tests; the mesh crate's end-to-end tests need Envoy and run in test-e2e.
 test-unit:
-	cargo test --workspace
+	cargo test --workspace --exclude meshwasm-integration
+	cargo test -p meshwasm-integration --lib --bins --test manifests
 
 # End-to-end tests drive real Envoy: once on the oldest and once on the newest.
 test-e2e: build apps $(call envoy_bin,$(ENVOY_OLDEST)) $(call envoy_bin,$(ENVOY_NEWEST))
