@@ -235,8 +235,11 @@ impl Demo<'_> {
         for proxy in proxies {
             let text = self.mesh.prometheus(&proxy)?;
             let mut rows: BTreeMap<(String, String), (f64, f64, f64, f64)> = BTreeMap::new();
-            for sample in text.lines().filter_map(parse_sample) {
-                let key = (sample.label("reporter"), sample.label("route"));
+            for sample in crate::prometheus::parse(&text) {
+                let key = (
+                    sample.label("reporter").to_owned(),
+                    sample.label("route").to_owned(),
+                );
                 let row = rows.entry(key).or_default();
                 match sample.name.as_str() {
                     "meshwasm_requests_total" => {
@@ -299,64 +302,4 @@ fn inventory_version(response: &Response) -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| format!("HTTP {}", response.status))
-}
-
-struct Sample {
-    name: String,
-    labels: Vec<(String, String)>,
-    value: f64,
-}
-
-impl Sample {
-    fn label(&self, name: &str) -> String {
-        self.labels
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.clone())
-            .unwrap_or_default()
-    }
-}
-
-/// One Prometheus text-format sample line (`name{a="1",b="2"} 3`).
-fn parse_sample(line: &str) -> Option<Sample> {
-    if line.starts_with('#') {
-        return None;
-    }
-    let (series, value) = line.rsplit_once(' ')?;
-    let value = value.parse().ok()?;
-    let (name, labels) = match series.split_once('{') {
-        Some((name, rest)) => (name, rest.trim_end_matches('}')),
-        None => (series, ""),
-    };
-    let labels = labels
-        .split("\",")
-        .filter_map(|pair| {
-            let (key, value) = pair.split_once("=\"")?;
-            Some((key.to_owned(), value.trim_end_matches('"').to_owned()))
-        })
-        .collect();
-    Some(Sample {
-        name: name.to_owned(),
-        labels,
-        value,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prometheus_samples_are_parsed() {
-        let sample = parse_sample(
-            r#"meshwasm_requests_total{reporter="inbound",route="/orders/{id}",method="GET"} 12"#,
-        )
-        .unwrap();
-        assert_eq!(sample.name, "meshwasm_requests_total");
-        assert_eq!(sample.label("route"), "/orders/{id}");
-        assert_eq!(sample.label("method"), "GET");
-        assert_eq!(sample.value, 12.0);
-        assert!(parse_sample("# TYPE x counter").is_none());
-        assert_eq!(parse_sample("plain 3").unwrap().labels.len(), 0);
-    }
 }

@@ -16,6 +16,7 @@ pub mod istio;
 pub mod mesh;
 pub mod plugins;
 pub mod process;
+pub mod prometheus;
 pub mod resources;
 pub mod topology;
 pub mod traffic;

@@ -31,6 +31,8 @@ use serde_json::Value;
 
 use crd::CrdStore;
 
+pub use crate::resources::manifest_files;
+
 /// Environment variable naming the folder that holds Istio's CRD YAML files.
 pub const CRDS_ENV: &str = "MESHWASM_ISTIO_CRDS";
 
@@ -181,7 +183,8 @@ impl ManifestValidator {
     /// with the same kind, namespace and name are an error too (the second
     /// would silently replace the first on `kubectl apply`).
     pub fn validate_dir(&self, dir: &Path) -> Result<Vec<Document>, Vec<ValidationError>> {
-        let files = manifest_files(dir).map_err(|message| {
+        let files = manifest_files(dir).map_err(|err| {
+            let message = format!("{err:#}");
             vec![ValidationError {
                 file: dir.to_path_buf(),
                 index: 0,
@@ -387,25 +390,6 @@ fn type_meta(value: &Value) -> Result<(String, String), Vec<FieldError>> {
 /// `"apps/v1"` → `("apps", "v1")`, `"v1"` → `("", "v1")`.
 fn split_api_version(api_version: &str) -> (&str, &str) {
     api_version.rsplit_once('/').unwrap_or(("", api_version))
-}
-
-/// The manifest files directly in `dir`, sorted by name: `*.yaml`, `*.yml`
-/// and `*.json`, the files `kubectl apply -f DIR` reads.
-pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read manifest folder {}: {e}", dir.display()))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            path.is_file()
-                && path
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 fn duplicate_objects(documents: &[Document]) -> Vec<ValidationError> {

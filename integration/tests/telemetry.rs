@@ -6,55 +6,15 @@
 //! Run: `MESHWASM_ENVOY=... MESHWASM_DIST=... cargo test -p meshwasm-integration --test telemetry -- --test-threads 1`
 
 use meshwasm_integration::http::{self, Response};
+use meshwasm_integration::prometheus::{samples, total};
 use meshwasm_integration::{Mesh, MeshOptions};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 const INGRESS: &str = "istio-ingressgateway";
 /// `max_label_values` in wasmplugin-telemetry.yaml.
 const K: usize = 50;
-
-/// One Prometheus sample: labels and value.
-#[derive(Debug)]
-struct Sample {
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// The samples of metric `name` (exact series name, e.g. `..._bucket`).
-/// Label values here never contain `"` or `,` inside quotes except `{}` in routes.
-fn samples(text: &str, name: &str) -> Vec<Sample> {
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-            let (labels, value) = rest.rsplit_once("} ")?;
-            let labels = labels
-                .split("\",")
-                .filter_map(|pair| {
-                    let (key, value) = pair.split_once("=\"")?;
-                    Some((key.to_owned(), value.trim_end_matches('"').to_owned()))
-                })
-                .collect();
-            Some(Sample {
-                labels,
-                value: value.trim().parse().ok()?,
-            })
-        })
-        .collect()
-}
-
-/// Sum of the samples whose labels include every `(key, value)` of `want`.
-fn total(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
-    samples(text, name)
-        .iter()
-        .filter(|s| {
-            want.iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
 
 /// Envoy flushes histograms every 5 s: waits until the proxy's
 /// `/stats/prometheus` satisfies `ready`, then returns it.

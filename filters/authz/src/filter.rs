@@ -6,19 +6,15 @@ use crate::engine::{Allowed, Denial, Engine, Outcome, Request};
 use crate::jwks::{self, Reason};
 use crate::keys::KeySet;
 use crate::token::{self, Location};
-use meshwasm_shared::headers;
 use meshwasm_shared::metrics::{tagged_name, Metrics};
 use meshwasm_shared::shared_data::HostStore;
+use meshwasm_shared::{filter_state, headers};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
-
-pub const RESULT_KEY: &str = "meshwasm.authz.result";
-pub const PRINCIPAL_KEY: &str = "meshwasm.authz.principal";
-pub const CLAIMS_KEY: &str = "meshwasm.authz.claims";
 
 const REQUESTS_TOTAL: &str = "meshwasm_authz_requests_total";
 const DRY_RUN_TOTAL: &str = "meshwasm_authz_dry_run_denies_total";
@@ -234,7 +230,8 @@ impl Context for AuthzRoot {
 
 impl RootContext for AuthzRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let raw = self.get_plugin_configuration().unwrap_or_default();
+        // The raw bytes also key the verified-token cache (see Engine::new).
+        let raw = meshwasm_shared::config::plugin_configuration().unwrap_or_default();
         let config: AuthzConfig = match meshwasm_shared::config::parse(Some(&raw)) {
             Ok(config) => config,
             Err(err) => {
@@ -314,10 +311,6 @@ impl AuthzRequest {
         engine.decide(&request, remote, &HostStore, now)
     }
 
-    fn set_state(&self, key: &str, value: &str) {
-        self.set_property(vec![key], Some(value.as_bytes()));
-    }
-
     fn deny(&self, state: &mut State, denial: &Denial) {
         // The query string may carry the token: log the path only.
         let raw_path = self.get_http_request_header(":path").unwrap_or_default();
@@ -331,7 +324,7 @@ impl AuthzRequest {
         let reason = denial.problem.kind;
         let metric = tagged_name(REQUESTS_TOTAL, &[("decision", "deny"), ("reason", reason)]);
         state.metrics.count(&metric, 1);
-        self.set_state(RESULT_KEY, &denial.result());
+        filter_state::set(filter_state::AUTHZ_RESULT, &denial.result());
         match &denial.challenge {
             Some(challenge) => denial.problem.send(&[("www-authenticate", challenge)]),
             None => denial.problem.send(&[]),
@@ -383,11 +376,11 @@ impl AuthzRequest {
             }
             None => "allow".to_owned(),
         };
-        self.set_state(RESULT_KEY, &result);
+        filter_state::set(filter_state::AUTHZ_RESULT, &result);
         let reason = match &allowed.verified {
             Some(verified) => {
-                self.set_state(PRINCIPAL_KEY, &verified.principal);
-                self.set_state(CLAIMS_KEY, &verified.claims.to_string());
+                filter_state::set(filter_state::AUTHZ_PRINCIPAL, &verified.principal);
+                filter_state::set(filter_state::AUTHZ_CLAIMS, &verified.claims.to_string());
                 let cache = if allowed.cache_hit { "hit" } else { "miss" };
                 state
                     .metrics

@@ -6,6 +6,7 @@ use crate::breaker::{Admission, Outcome, Rejection, State, Ticket, Transition};
 use crate::config::{Config, Fallback};
 use crate::policy::{self, Active, KeySource, Policies, Request, Response};
 use crate::store::{Admit, Breakers, Namespace};
+use meshwasm_shared::filter_state;
 use meshwasm_shared::headers::split_path;
 use meshwasm_shared::metrics::{tagged_name, Metrics};
 use meshwasm_shared::problem::Problem;
@@ -16,11 +17,6 @@ use proxy_wasm::types::{Action, ContextType, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
-
-/// Filter-state names other filters and access logs read (`wasm.` prefixed by Envoy).
-pub const KEY_PROPERTY: &str = "meshwasm.breaker.key";
-pub const STATE_PROPERTY: &str = "meshwasm.breaker.state";
-const CLAIMS_PROPERTY: &str = "meshwasm.authz.claims";
 
 /// How often each worker refreshes state gauges and expires idle keys.
 const TICK: Duration = Duration::from_secs(5);
@@ -122,23 +118,11 @@ fn header(map: MapType, name: &str) -> Option<String> {
     }
 }
 
-fn set_filter_state(name: &str, value: &str) {
-    if let Err(status) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
-        log::debug!("could not set filter state {name}: {status:?}");
-    }
-}
-
 impl Context for BreakerRoot {}
 
 impl RootContext for BreakerRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let raw = hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        )
-        .ok()
-        .flatten();
+        let raw = meshwasm_shared::config::plugin_configuration();
         let config: Config = match meshwasm_shared::config::parse(raw.as_deref()) {
             Ok(config) => config,
             Err(err) => {
@@ -240,9 +224,7 @@ impl KeySource for Host {
         header(MapType::HttpRequestHeaders, name)
     }
     fn claims(&self) -> Option<Vec<u8>> {
-        hostcalls::get_property(vec![CLAIMS_PROPERTY])
-            .ok()
-            .flatten()
+        filter_state::get(filter_state::AUTHZ_CLAIMS)
     }
 }
 
@@ -375,7 +357,7 @@ impl BreakerStream {
         );
         match finished {
             Ok(Some((transition, state))) => {
-                set_filter_state(STATE_PROPERTY, state.as_str());
+                filter_state::set(filter_state::BREAKER_STATE, state.as_str());
                 self.note_transition(&in_flight.active, &in_flight.key, transition, state);
             }
             Ok(None) => {}
@@ -404,7 +386,7 @@ impl HttpContext for BreakerStream {
             return Action::Continue;
         };
         let key = policy::breaker_key(&active, &route, &Host);
-        set_filter_state(KEY_PROPERTY, &key);
+        filter_state::set(filter_state::BREAKER_KEY, &key);
         let now = now_ms();
         let decision = loaded.breakers().admit(&key, &active.spec, now);
         match decision {
@@ -413,7 +395,7 @@ impl HttpContext for BreakerStream {
                 transition,
                 state,
             }) => {
-                set_filter_state(STATE_PROPERTY, state.as_str());
+                filter_state::set(filter_state::BREAKER_STATE, state.as_str());
                 self.note_transition(&active, &key, transition, state);
                 match admission {
                     Admission::Admitted(ticket) => {

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub const DEFAULT_LANE_HEADER: &str = "x-meshwasm-lane";
 pub const DEFAULT_LANE_BAGGAGE_KEY: &str = "meshwasm-lane";
-pub const DEFAULT_CLAIMS_FILTER_STATE: &str = "meshwasm.authz.claims";
 const MAX_LANE_LEN: usize = 64;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,7 +81,7 @@ pub enum ClaimsSource {
 
 impl Default for ClaimsSource {
     fn default() -> Self {
-        Self::FilterState(DEFAULT_CLAIMS_FILTER_STATE.to_owned())
+        Self::FilterState(meshwasm_shared::filter_state::AUTHZ_CLAIMS.to_owned())
     }
 }
 

@@ -3,8 +3,8 @@
 
 use crate::config::{ClaimsSource, Config};
 use crate::engine::{Decision, Outcome, RequestView, Router};
-use meshwasm_shared::headers;
 use meshwasm_shared::metrics::{tagged_name, Metrics};
+use meshwasm_shared::{filter_state, headers};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MapType};
@@ -12,8 +12,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 pub const DECISIONS_METRIC: &str = "meshwasm_routing_decisions_total";
-pub const RULE_PROPERTY: &str = "meshwasm.routing.rule";
-pub const LANE_PROPERTY: &str = "meshwasm.routing.lane";
 /// Label value when no rule matched or no lane was chosen.
 const NONE: &str = "none";
 
@@ -27,14 +25,9 @@ impl Context for RoutingRoot {}
 
 impl RootContext for RoutingRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let raw = hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        )
-        .ok()
-        .flatten();
-        match meshwasm_shared::config::parse::<Config>(raw.as_deref()) {
+        match meshwasm_shared::config::parse::<Config>(
+            meshwasm_shared::config::plugin_configuration().as_deref(),
+        ) {
             Ok(config) => {
                 let router = Router::new(config);
                 log::info!(
@@ -177,13 +170,7 @@ impl RoutingHttp {
             return None;
         }
         let raw = match self.router.claims_source() {
-            ClaimsSource::FilterState(key) => match hostcalls::get_property(vec![key.as_str()]) {
-                Ok(value) => value?,
-                Err(status) => {
-                    log::debug!("routing: claims property {key} unreadable: {status:?}");
-                    return None;
-                }
-            },
+            ClaimsSource::FilterState(key) => filter_state::get(key)?,
             ClaimsSource::Header(name) => headers::find(request_headers, name)?.as_bytes().to_vec(),
         };
         serde_json::from_slice(&raw)
@@ -199,10 +186,10 @@ impl RoutingHttp {
             .as_ref()
             .map_or(NONE, |lane| lane.value.as_str());
         if let Some(rule) = &decision.rule {
-            set_filter_state(RULE_PROPERTY, rule);
+            filter_state::set(filter_state::ROUTING_RULE, rule);
         }
         if let Some(lane) = &decision.lane {
-            set_filter_state(LANE_PROPERTY, &lane.value);
+            filter_state::set(filter_state::ROUTING_LANE, &lane.value);
         }
         if self.router.debug_header().is_some() {
             self.debug_value = Some(format!("rule={rule}; lane={lane}"));
@@ -242,12 +229,6 @@ fn set_request_header(name: &str, value: Option<&str>) {
 fn remove_request_header(name: &str) {
     if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
         log::warn!("routing: could not remove {name}: {status:?}");
-    }
-}
-
-fn set_filter_state(key: &str, value: &str) {
-    if let Err(status) = hostcalls::set_property(vec![key], Some(value.as_bytes())) {
-        log::debug!("routing: could not set {key}: {status:?}");
     }
 }
 

@@ -84,6 +84,18 @@ pub fn parse<T: DeserializeOwned + Validate>(raw: Option<&[u8]>) -> Result<T, Co
     Ok(config)
 }
 
+/// Glue: the configuration Envoy hands the plugin (Istio's `pluginConfig`),
+/// to give to [`parse`]; `None` when it is empty.
+pub fn plugin_configuration() -> Option<Vec<u8>> {
+    proxy_wasm::hostcalls::get_buffer(
+        proxy_wasm::types::BufferType::PluginConfiguration,
+        0,
+        usize::MAX,
+    )
+    .ok()
+    .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod filter_state;
 pub mod headers;
 pub mod metrics;
 pub mod path_pattern;

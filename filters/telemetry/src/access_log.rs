@@ -24,12 +24,6 @@ pub struct Decisions {
     pub breaker_state: Option<String>,
 }
 
-/// Filter-state keys read into [`Decisions`].
-pub const AUTHZ_RESULT_KEY: &str = "meshwasm.authz.result";
-pub const ROUTING_RULE_KEY: &str = "meshwasm.routing.rule";
-pub const ROUTING_LANE_KEY: &str = "meshwasm.routing.lane";
-pub const BREAKER_STATE_KEY: &str = "meshwasm.breaker.state";
-
 impl Decisions {
     /// Builds the decisions from raw filter-state bytes, keeping each value
     /// short and refusing anything that looks like a token.

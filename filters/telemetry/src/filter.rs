@@ -1,10 +1,7 @@
 //! Glue: proxy-wasm root and HTTP contexts. Everything decided here comes from
 //! the host-independent modules; this file only reads and writes the host.
 
-use crate::access_log::{
-    should_log, AccessLogLine, Decisions, AUTHZ_RESULT_KEY, BREAKER_STATE_KEY, LINE_TYPE,
-    ROUTING_LANE_KEY, ROUTING_RULE_KEY,
-};
+use crate::access_log::{should_log, AccessLogLine, Decisions, LINE_TYPE};
 use crate::cardinality::{LabelBudget, Resolved};
 use crate::config::{Config, ReporterSetting, TenantSource};
 use crate::labels::{
@@ -13,6 +10,7 @@ use crate::labels::{
 };
 use crate::report::{claim_value, decode_i64, request_finished, request_started, Observation};
 use crate::trace::{self, Incoming, Origin, TraceContext};
+use meshwasm_shared::filter_state;
 use meshwasm_shared::metrics::Metrics;
 use meshwasm_shared::shared_data::HostStore;
 use proxy_wasm::hostcalls;
@@ -28,7 +26,6 @@ pub const SOURCE_WORKLOAD_HEADER: &str = "x-meshwasm-source-workload";
 pub const WORKLOAD_HEADER: &str = "x-meshwasm-workload";
 /// Filter state this filter writes: the request's trace id.
 pub const TRACE_ID_KEY: &str = "meshwasm.telemetry.trace_id";
-const CLAIMS_KEY: &str = "meshwasm.authz.claims";
 
 /// Per-VM state shared by all of the VM's HTTP contexts.
 struct VmState {
@@ -112,10 +109,6 @@ fn u64_property(path: Vec<&str>) -> u64 {
     i64_property(path).map_or(0, |value| value.max(0) as u64)
 }
 
-fn bytes_property(key: &str) -> Option<Vec<u8>> {
-    hostcalls::get_property(vec![key]).ok()?
-}
-
 #[derive(Default)]
 pub struct TelemetryRoot {
     state: Option<Rc<RefCell<VmState>>>,
@@ -125,8 +118,9 @@ impl Context for TelemetryRoot {}
 
 impl RootContext for TelemetryRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let raw = self.get_plugin_configuration();
-        match meshwasm_shared::config::parse::<Config>(raw.as_deref()) {
+        match meshwasm_shared::config::parse::<Config>(
+            meshwasm_shared::config::plugin_configuration().as_deref(),
+        ) {
             Ok(config) => {
                 self.state = Some(Rc::new(RefCell::new(VmState::new(config))));
                 true
@@ -184,7 +178,9 @@ impl TelemetryHttp {
     fn tenant(&self, source: Option<&TenantSource>) -> Option<String> {
         match source? {
             TenantSource::Header(name) => self.get_http_request_header(name),
-            TenantSource::Claim(path) => claim_value(&bytes_property(CLAIMS_KEY)?, path),
+            TenantSource::Claim(path) => {
+                claim_value(&filter_state::get(filter_state::AUTHZ_CLAIMS)?, path)
+            }
         }
     }
 
@@ -338,10 +334,10 @@ impl HttpContext for TelemetryHttp {
             return;
         }
         let decisions = Decisions::from_raw(
-            bytes_property(AUTHZ_RESULT_KEY).as_deref(),
-            bytes_property(ROUTING_RULE_KEY).as_deref(),
-            bytes_property(ROUTING_LANE_KEY).as_deref(),
-            bytes_property(BREAKER_STATE_KEY).as_deref(),
+            filter_state::get(filter_state::AUTHZ_RESULT).as_deref(),
+            filter_state::get(filter_state::ROUTING_RULE).as_deref(),
+            filter_state::get(filter_state::ROUTING_LANE).as_deref(),
+            filter_state::get(filter_state::BREAKER_STATE).as_deref(),
         );
         let upstream_cluster = string_property(vec!["xds", "cluster_name"]);
         let upstream_address = string_property(vec!["upstream", "address"]);
