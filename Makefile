@@ -76,7 +76,7 @@ CLAIMS ?= {}
 token:
 	@cargo run -q -p mint-token -- --sub '$(SUB)' --claims '$(CLAIMS)'
 
-lint:
+lint: $(TOOLS)/.wasm-target $(TOOLS)/.clang
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshwasm-$(f)) -- -D warnings
