@@ -67,7 +67,7 @@ def log(message):
 # ---------------------------------------------------------------- filters
 
 
-def wasm_filter(name, root_id, module, config):
+def wasm_filter(name, root_id, module, config, vm_id=None):
     """An Envoy wasm HTTP filter as Istio writes it for a WasmPlugin:
     pluginConfig as a StringValue of compact JSON, V8, no vm_id. Failing
     closed, so a filter that does not load shows up as errors, not as a
@@ -82,6 +82,8 @@ def wasm_filter(name, root_id, module, config):
     }
     if root_id:
         plugin["root_id"] = root_id
+    if vm_id:
+        plugin["vm_config"]["vm_id"] = vm_id
     if config:
         plugin["configuration"] = {
             "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -267,6 +269,21 @@ def build_variants(dist, noop_module, jwks_by_algorithm):
             "no-op Rust proxy-wasm filter (bench/noop-filter)",
             [wasm_filter("noop", "", noop_module, None)],
             module_bytes=noop_module.stat().st_size,
+        ),
+        # What one combined module would save: Envoy shares a VM between
+        # filters whose VM config is identical (same module, no vm_id), as
+        # Istio configures WasmPlugins that point at the same module.
+        Variant(
+            "noop-wasm-x4-one-vm",
+            "four no-op filters, same module and VM config: one shared VM",
+            [wasm_filter(f"noop{index}", "", noop_module, None) for index in range(4)],
+            module_bytes=noop_module.stat().st_size,
+        ),
+        Variant(
+            "noop-wasm-x4-four-vms",
+            "four no-op filters, one vm_id each: four VMs (like four distinct modules)",
+            [wasm_filter(f"noop{index}", "", noop_module, None, vm_id=f"noop{index}") for index in range(4)],
+            module_bytes=4 * noop_module.stat().st_size,
         ),
         Variant("noop-lua", "Lua filter, empty envoy_on_request", [lua_noop_filter()]),
     ]
