@@ -19,6 +19,7 @@ import csv
 import datetime
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -437,10 +438,26 @@ def bootstrap(variant, listen_port, admin_port):
 # ---------------------------------------------------------------- processes
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(count):
+    """Distinct free loopback ports in 12000-19999: below Linux's ephemeral
+    range (no outgoing connection takes one between this check and Envoy's
+    bind) and below the local mesh's 20000-31999."""
+    held = []
+    try:
+        for port in random.sample(range(12000, 20000), 200):
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+            if len(held) == count:
+                return [sock.getsockname()[1] for sock in held]
+        raise RuntimeError("no free local ports in 12000-19999")
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def pinned(core, argv, pin):
@@ -500,8 +517,7 @@ def requests_counted(admin_port):
 
 class Envoy:
     def __init__(self, binary, variant, workdir, pin, log_level):
-        self.listen_port = free_port()
-        self.admin_port = free_port()
+        self.listen_port, self.admin_port = free_ports(2)
         self.config = workdir / f"{variant.name}.json"
         self.config.write_text(json.dumps(bootstrap(variant, self.listen_port, self.admin_port), indent=1))
         self.log_path = workdir / f"{variant.name}.log"
@@ -695,11 +711,24 @@ def parse_wrk(output):
 # ---------------------------------------------------------------- measurement
 
 
+def start_envoy(binary, variant, workdir, settings, attempts=3):
+    """A ready Envoy and its start-to-ready time; a port taken by someone
+    else between the check and Envoy's bind means a retry on other ports."""
+    for attempt in range(attempts):
+        envoy = Envoy(binary, variant, workdir, settings["pin"], settings["log_level"])
+        try:
+            return envoy, envoy.wait_ready()
+        except RuntimeError as err:
+            envoy.stop()
+            if "Address already in use" not in str(err) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def measure(binary, variant, workdir, scripts, settings):
     script, token = scripts[(variant.algorithm, variant.unique_tokens)]
-    envoy = Envoy(binary, variant, workdir, settings["pin"], settings["log_level"])
+    envoy, ready_s = start_envoy(binary, variant, workdir, settings)
     try:
-        ready_s = envoy.wait_ready()
         status, body = probe(envoy.listen_port, token)
         if status != 200:
             raise RuntimeError(f"request with token answered {status}, not 200: {body}\n{envoy.log_tail()}")
@@ -950,12 +979,10 @@ def run(args, settings, workdir):
     scripts = tokens.scripts(variants)
     for rep in range(settings["reps"]):
         for variant in variants:
-            if variant.name in failures:
-                continue
             try:
                 result = measure(args.envoy, variant, workdir, scripts, settings)
             except (RuntimeError, OSError, subprocess.SubprocessError) as err:
-                failures[variant.name] = str(err)
+                failures.setdefault(variant.name, []).append(str(err))
                 log(f"[{rep + 1}/{settings['reps']}] {variant.name}: FAILED: {err}")
                 continue
             samples.setdefault(variant.name, []).append(result)
@@ -976,15 +1003,16 @@ def run(args, settings, workdir):
     )
     text = markdown(variants, rows, header)
     if failures:
-        text += "\nFailed variants:\n\n" + "\n".join(
-            f"- `{name}`: {message.splitlines()[0]}" for name, message in failures.items()
+        text += "\nFailed runs (a variant without any successful run is missing from the table):\n\n" + "\n".join(
+            f"- `{name}`: {len(messages)} of {settings['reps']} run(s): {messages[0].splitlines()[0]}"
+            for name, messages in failures.items()
         ) + "\n"
     (out / "results.md").write_text(text)
     write_csv(out / "results.csv", variants, rows)
     charted = chart(out / "added-cpu.png", variants, rows, f"meshwasm filter cost, Envoy {machine['envoy_release']}")
     print(text)
     log(f"results: {out}/results.md, results.csv" + (", added-cpu.png" if charted else ""))
-    if failures:
+    if any(variant.name not in samples for variant in variants):
         sys.exit(1)
 
 
