@@ -122,7 +122,7 @@ impl Demo<'_> {
             ),
         ];
         println!(
-            "{:<32} {:>6}  PROBLEM TYPE / WWW-AUTHENTICATE",
+            "{:<40} {:>6}  PROBLEM TYPE / WWW-AUTHENTICATE",
             "REQUEST", "STATUS"
         );
         for (name, response) in cases {
@@ -134,7 +134,7 @@ impl Demo<'_> {
                     .to_owned(),
             ]
             .join("  ");
-            println!("{name:<32} {:>6}  {}", response.status, detail.trim());
+            println!("{name:<40} {:>6}  {}", response.status, detail.trim());
         }
         Ok(())
     }
