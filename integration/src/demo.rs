@@ -107,7 +107,7 @@ impl Demo<'_> {
                 )?,
             ),
             (
-                "DELETE /orders/1, admin",
+                "DELETE /orders/1, admin (no DELETE in app)",
                 http::send(
                     &self.agent,
                     "DELETE",
