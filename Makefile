@@ -102,10 +102,12 @@ BENCH_VENV := $(TOOLS)/bench-venv
 NOOP_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_noop_filter.wasm
 bench: build envoy $(BENCH_VENV)/bin/python
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	command -v wrk >/dev/null || { echo "installing wrk (load generator)"; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }; \
-	command -v gnuplot >/dev/null || { echo "installing gnuplot-nox (chart)"; \
-	  $$SUDO apt-get install -y -qq gnuplot-nox >/dev/null || echo "gnuplot unavailable: no chart"; }
+	if ! command -v wrk >/dev/null || ! command -v openssl >/dev/null || ! command -v gnuplot >/dev/null; then \
+	  echo "installing wrk (load generator), openssl (test keys), gnuplot-nox (chart)"; \
+	  $$SUDO apt-get update -qq; \
+	  $$SUDO apt-get install -y -qq wrk openssl >/dev/null || exit 1; \
+	  $$SUDO apt-get install -y -qq gnuplot-nox >/dev/null || echo "gnuplot unavailable: no chart"; \
+	fi
 	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) -p bench-noop-filter
 	$(BENCH_VENV)/bin/python bench/run.py --envoy $(ENVOY) --dist $(DIST) --noop $(NOOP_WASM)
 
