@@ -10,7 +10,9 @@ reported. See BENCHMARKS.md for the method and the latest figures.
 
 Environment: BENCH_QUICK=1 (1 s runs, 1 repetition), BENCH_DURATION (s),
 BENCH_WARMUP (s), BENCH_REPS, BENCH_CONNECTIONS, BENCH_VARIANTS (comma list
-of variant names), BENCH_LOG_LEVEL (Envoy's, default warning as in Istio).
+of variant names; the empty chain always runs, diagnostic variants such as
+telemetry-nolog only when named), BENCH_LOG_LEVEL (Envoy's, default warning
+as in Istio).
 """
 
 import argparse
