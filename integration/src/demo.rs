@@ -5,6 +5,7 @@
 use crate::http::{self, Response};
 use crate::Mesh;
 use anyhow::{Context, Result};
+use mint_token::demo_bearer as token;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -26,11 +27,6 @@ pub fn run(mesh: &Mesh) -> Result<()> {
 struct Demo<'a> {
     mesh: &'a Mesh,
     agent: ureq::Agent,
-}
-
-fn token(subject: &str, claims: Value) -> Result<String> {
-    let token = mint_token::Mint::demo(subject)?.claims(claims)?.sign()?;
-    Ok(format!("Bearer {token}"))
 }
 
 fn problem_type(response: &Response) -> String {

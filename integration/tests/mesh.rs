@@ -15,10 +15,7 @@ fn start(extra: &[&str]) -> Mesh {
 }
 
 fn bearer() -> String {
-    let token = mint_token::Mint::demo("alice")
-        .and_then(|mint| mint.sign())
-        .unwrap();
-    format!("Bearer {token}")
+    mint_token::demo_bearer("alice", serde_json::json!({})).unwrap()
 }
 
 fn place_order(mesh: &Mesh, headers: &[(&str, &str)]) -> Response {

@@ -14,11 +14,7 @@ const INGRESS: &str = "istio-ingressgateway";
 /// A valid demo token with `claims`: the shipped authz plugin requires one
 /// for `/orders` and hands its verified claims to the routing filter.
 fn bearer(claims: serde_json::Value) -> String {
-    let token = mint_token::Mint::demo("e2e")
-        .and_then(|mint| mint.claims(claims))
-        .and_then(|mint| mint.sign())
-        .unwrap();
-    format!("Bearer {token}")
+    mint_token::demo_bearer("e2e", claims).unwrap()
 }
 
 /// An order with a token carrying no routing claims, unless `headers` has one.

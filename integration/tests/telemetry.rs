@@ -31,10 +31,7 @@ fn prometheus_when(mesh: &Mesh, proxy: &str, ready: impl Fn(&str) -> bool) -> St
 
 /// A valid demo token: the shipped authz plugin requires one for `/orders`.
 fn bearer() -> String {
-    let token = mint_token::Mint::demo("e2e")
-        .and_then(|mint| mint.sign())
-        .unwrap();
-    format!("Bearer {token}")
+    mint_token::demo_bearer("e2e", serde_json::json!({})).unwrap()
 }
 
 fn place_order(agent: &ureq::Agent, mesh: &Mesh, headers: &[(&str, &str)]) -> Response {

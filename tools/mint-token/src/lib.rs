@@ -23,6 +23,13 @@ pub fn demo_key_path() -> PathBuf {
     ))
 }
 
+/// An `Authorization` value, `Bearer <token>`, for a demo token of `subject`
+/// with extra `claims`, valid for an hour.
+pub fn demo_bearer(subject: &str, claims: Value) -> anyhow::Result<String> {
+    let token = Mint::demo(subject)?.claims(claims)?.sign()?;
+    Ok(format!("Bearer {token}"))
+}
+
 #[derive(Debug, Clone)]
 pub struct Mint {
     pub subject: String,
