@@ -121,11 +121,8 @@ impl SharedCache {
         let key = self.key(hash)?;
         let (value, _) = store.get(&key).ok()?;
         let entry: SlotEntry = serde_json::from_slice(&value?).ok()?;
-        (entry.hash == hex(hash) && entry.config == self.config_fingerprint).then_some(Verified {
-            provider: entry.provider,
-            principal: entry.principal,
-            claims: entry.claims,
-        })
+        (entry.hash == hex(hash) && entry.config == self.config_fingerprint)
+            .then(|| Verified::new(entry.provider, entry.principal, entry.claims))
     }
 
     pub fn put(&self, store: &dyn SharedStore, hash: &TokenHash, verified: &Verified) {
@@ -154,11 +151,7 @@ mod tests {
     use serde_json::json;
 
     fn verified(sub: &str) -> Rc<Verified> {
-        Rc::new(Verified {
-            provider: 0,
-            principal: format!("iss/{sub}"),
-            claims: json!({"sub": sub}),
-        })
+        Rc::new(Verified::new(0, format!("iss/{sub}"), json!({"sub": sub})))
     }
 
     #[test]

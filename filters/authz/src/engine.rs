@@ -306,8 +306,10 @@ impl Engine {
                 strip = location;
             }
             if let Some(header) = &provider.payload_header {
-                let json = verified.claims.to_string();
-                add_headers.push((header.clone(), URL_SAFE_NO_PAD.encode(json)));
+                add_headers.push((
+                    header.clone(),
+                    URL_SAFE_NO_PAD.encode(&verified.claims_json),
+                ));
             }
             for mapping in &provider.claims_to_headers {
                 if let Some(value) = claims::lookup(&verified.claims, &mapping.claim) {

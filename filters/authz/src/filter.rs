@@ -26,6 +26,28 @@ const TICK: Duration = Duration::from_secs(1);
 /// Largest JWKS document accepted from a fetch.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
+/// Tagged names of the metrics an allowed request counts, built once per VM.
+struct AllowMetricNames {
+    authenticated: String,
+    anonymous: String,
+    cache_hit: String,
+    cache_miss: String,
+}
+
+impl AllowMetricNames {
+    fn new() -> Self {
+        let allowed =
+            |reason| tagged_name(REQUESTS_TOTAL, &[("decision", "allow"), ("reason", reason)]);
+        let cache = |result| tagged_name(CACHE_TOTAL, &[("result", result)]);
+        Self {
+            authenticated: allowed("authenticated"),
+            anonymous: allowed("anonymous"),
+            cache_hit: cache("hit"),
+            cache_miss: cache("miss"),
+        }
+    }
+}
+
 /// What the root context and its HTTP contexts share (one per worker).
 struct State {
     engine: Engine,
@@ -33,6 +55,7 @@ struct State {
     /// `fetched_at` of the record each remote set was loaded from.
     loaded_at: Vec<u64>,
     metrics: Metrics,
+    allow_metrics: AllowMetricNames,
 }
 
 impl State {
@@ -250,6 +273,7 @@ impl RootContext for AuthzRoot {
             remote: vec![None; providers],
             loaded_at: vec![0; providers],
             metrics: Metrics::default(),
+            allow_metrics: AllowMetricNames::new(),
         })));
         // Fetching starts on the first tick, not here: Envoy also configures
         // throw-away VMs (config validation) whose calls would never complete.
@@ -377,20 +401,26 @@ impl AuthzRequest {
             None => "allow".to_owned(),
         };
         filter_state::set(filter_state::AUTHZ_RESULT, &result);
-        let reason = match &allowed.verified {
+        let State {
+            metrics,
+            allow_metrics: names,
+            ..
+        } = state;
+        let allowed_metric = match &allowed.verified {
             Some(verified) => {
                 filter_state::set(filter_state::AUTHZ_PRINCIPAL, &verified.principal);
-                filter_state::set(filter_state::AUTHZ_CLAIMS, &verified.claims.to_string());
-                let cache = if allowed.cache_hit { "hit" } else { "miss" };
-                state
-                    .metrics
-                    .count(&tagged_name(CACHE_TOTAL, &[("result", cache)]), 1);
-                "authenticated"
+                filter_state::set(filter_state::AUTHZ_CLAIMS, &verified.claims_json);
+                let cache_metric = if allowed.cache_hit {
+                    &names.cache_hit
+                } else {
+                    &names.cache_miss
+                };
+                metrics.count(cache_metric, 1);
+                &names.authenticated
             }
-            None => "anonymous",
+            None => &names.anonymous,
         };
-        let metric = tagged_name(REQUESTS_TOTAL, &[("decision", "allow"), ("reason", reason)]);
-        state.metrics.count(&metric, 1);
+        metrics.count(allowed_metric, 1);
     }
 
     /// Applies an outcome; `true` when the request may continue now.

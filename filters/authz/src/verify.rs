@@ -99,6 +99,19 @@ pub struct Verified {
     /// `iss/sub`.
     pub principal: String,
     pub claims: Value,
+    /// `claims` serialized once, for filter state and the payload header.
+    pub claims_json: String,
+}
+
+impl Verified {
+    pub fn new(provider: usize, principal: String, claims: Value) -> Self {
+        Self {
+            provider,
+            principal,
+            claims_json: claims.to_string(),
+            claims,
+        }
+    }
 }
 
 fn is_base64url(part: &str) -> bool {
@@ -260,11 +273,11 @@ pub fn verify(
         .get("sub")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    Ok(Verified {
-        provider: parsed.provider,
-        principal: format!("{issuer}/{subject}"),
+    Ok(Verified::new(
+        parsed.provider,
+        format!("{issuer}/{subject}"),
         claims,
-    })
+    ))
 }
 
 fn numeric_claim(claims: &Value, name: &str) -> Result<Option<u64>, TokenError> {
