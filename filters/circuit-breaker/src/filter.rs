@@ -210,12 +210,15 @@ struct BreakerStream {
     admitted: Option<InFlight>,
 }
 
-/// Key parts read from the current request on demand.
-struct Host;
+/// Key parts of the current request: the authority already read, the rest
+/// read on demand.
+struct Host {
+    authority: Option<String>,
+}
 
 impl KeySource for Host {
     fn authority(&self) -> Option<String> {
-        header(MapType::HttpRequestHeaders, ":authority")
+        self.authority.clone()
     }
     fn cluster(&self) -> Option<String> {
         property_string(&["xds", "cluster_name"])
@@ -374,18 +377,20 @@ impl HttpContext for BreakerStream {
             return Action::Continue;
         };
         let method = header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
-        let authority = header(MapType::HttpRequestHeaders, ":authority").unwrap_or_default();
+        let host = Host {
+            authority: header(MapType::HttpRequestHeaders, ":authority"),
+        };
         let full_path = header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
         let (path, _) = split_path(&full_path);
         let request = Request {
             method: &method,
-            authority: &authority,
+            authority: host.authority.as_deref().unwrap_or_default(),
             path,
         };
         let Some((active, route)) = loaded.policies.select(&request) else {
             return Action::Continue;
         };
-        let key = policy::breaker_key(&active, &route, &Host);
+        let key = policy::breaker_key(&active, &route, &host);
         filter_state::set(filter_state::BREAKER_KEY, &key);
         let now = now_ms();
         let decision = loaded.breakers().admit(&key, &active.spec, now);
