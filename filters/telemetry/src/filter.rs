@@ -8,7 +8,9 @@ use crate::labels::{
     folded_name, method_label, route_label, Reporter, RequestLabels, TAG_DESTINATION_WORKLOAD,
     TAG_METHOD, TAG_SOURCE_WORKLOAD, TAG_TENANT, UNKNOWN,
 };
-use crate::report::{claim_value, decode_i64, request_finished, request_started, Observation};
+use crate::report::{
+    claim_value, decode_i64, request_finished, request_started, NameCache, Observation,
+};
 use crate::trace::{self, Incoming, Origin, TraceContext};
 use meshwasm_shared::filter_state;
 use meshwasm_shared::metrics::Metrics;
@@ -31,6 +33,7 @@ pub const TRACE_ID_KEY: &str = "meshwasm.telemetry.trace_id";
 struct VmState {
     config: Config,
     metrics: Metrics,
+    completed_names: NameCache,
     tenants: LabelBudget,
     sources: LabelBudget,
     destinations: LabelBudget,
@@ -46,6 +49,7 @@ impl VmState {
             sources: budget(TAG_SOURCE_WORKLOAD),
             destinations: budget(TAG_DESTINATION_WORKLOAD),
             metrics: Metrics::default(),
+            completed_names: NameCache::default(),
             workload: config.workload_name.clone(),
             config,
             ids_issued: 0,
@@ -314,14 +318,17 @@ impl HttpContext for TelemetryHttp {
             return;
         };
         let mut vm = state.borrow_mut();
+        let vm = &mut *vm;
+        let duration_ns = i64_property(vec!["request", "duration"]);
         let observation = Observation {
             code: i64_property(vec!["response", "code"]),
-            duration_ms: u64_property(vec!["request", "duration"]) / 1_000_000,
+            duration_ms: duration_ns.map_or(0, |nanos| nanos.max(0) as u64) / 1_000_000,
             request_bytes: u64_property(vec!["request", "total_size"]),
             response_bytes: u64_property(vec!["response", "total_size"]),
         };
         request_finished(
             &mut vm.metrics,
+            &mut vm.completed_names,
             &request.in_flight_name,
             &request.labels,
             &observation,
@@ -350,8 +357,7 @@ impl HttpContext for TelemetryHttp {
             method: labels.method,
             route: &labels.route,
             code: observation.code.unwrap_or(0),
-            duration_ms: i64_property(vec!["request", "duration"])
-                .map_or(0.0, |nanos| nanos as f64 / 1e6),
+            duration_ms: duration_ns.map_or(0.0, |nanos| nanos as f64 / 1e6),
             request_bytes: observation.request_bytes,
             response_bytes: observation.response_bytes,
             tenant: &labels.tenant,

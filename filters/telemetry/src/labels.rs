@@ -41,7 +41,7 @@ pub const TAG_NAMES: [&str; 9] = [
     TAG_FOLDED_LABEL,
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reporter {
     Inbound,
     Outbound,
@@ -108,7 +108,7 @@ pub fn response_code_labels(code: Option<i64>) -> (String, &'static str) {
 }
 
 /// The labels of one request's metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RequestLabels {
     pub reporter: Reporter,
     pub source_workload: String,

@@ -6,6 +6,8 @@ use crate::labels::{
     RESPONSE_BYTES,
 };
 use meshwasm_shared::metrics::{MetricSink, Metrics};
+use std::collections::HashMap;
+use std::rc::Rc;
 
 /// What Envoy measured for a finished request.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -20,27 +22,67 @@ pub fn request_started<S: MetricSink>(metrics: &mut Metrics<S>, in_flight_name: 
     metrics.gauge_add(in_flight_name, 1);
 }
 
+/// The tagged names of the metrics a finished request updates.
+struct CompletedNames {
+    requests: String,
+    duration: String,
+    request_bytes: String,
+    response_bytes: String,
+}
+
+impl CompletedNames {
+    fn new(labels: &RequestLabels, code: Option<i64>) -> Self {
+        let (code, class) = response_code_labels(code);
+        let name = |metric| labels.completed_name(metric, &code, class);
+        Self {
+            requests: name(REQUESTS_TOTAL),
+            duration: name(REQUEST_DURATION),
+            request_bytes: name(REQUEST_BYTES),
+            response_bytes: name(RESPONSE_BYTES),
+        }
+    }
+}
+
+/// Completed-request metric names per label set and response code, built on
+/// first use. Bounded like the metrics themselves: every label value is, and
+/// codes outside 100–599 share one entry.
+#[derive(Default)]
+pub struct NameCache {
+    by_labels: HashMap<RequestLabels, HashMap<Option<i64>, Rc<CompletedNames>>>,
+}
+
+impl NameCache {
+    fn get(&mut self, labels: &RequestLabels, code: Option<i64>) -> Rc<CompletedNames> {
+        let code = code.filter(|code| (100..=599).contains(code));
+        if let Some(names) = self
+            .by_labels
+            .get(labels)
+            .and_then(|by_code| by_code.get(&code))
+        {
+            return names.clone();
+        }
+        let names = Rc::new(CompletedNames::new(labels, code));
+        self.by_labels
+            .entry(labels.clone())
+            .or_default()
+            .insert(code, names.clone());
+        names
+    }
+}
+
 pub fn request_finished<S: MetricSink>(
     metrics: &mut Metrics<S>,
+    names: &mut NameCache,
     in_flight_name: &str,
     labels: &RequestLabels,
     observation: &Observation,
 ) {
     metrics.gauge_add(in_flight_name, -1);
-    let (code, class) = response_code_labels(observation.code);
-    metrics.count(&labels.completed_name(REQUESTS_TOTAL, &code, class), 1);
-    metrics.histogram(
-        &labels.completed_name(REQUEST_DURATION, &code, class),
-        observation.duration_ms,
-    );
-    metrics.histogram(
-        &labels.completed_name(REQUEST_BYTES, &code, class),
-        observation.request_bytes,
-    );
-    metrics.histogram(
-        &labels.completed_name(RESPONSE_BYTES, &code, class),
-        observation.response_bytes,
-    );
+    let names = names.get(labels, observation.code);
+    metrics.count(&names.requests, 1);
+    metrics.histogram(&names.duration, observation.duration_ms);
+    metrics.histogram(&names.request_bytes, observation.request_bytes);
+    metrics.histogram(&names.response_bytes, observation.response_bytes);
 }
 
 /// A claim from the verified token payload, dotted for nesting
@@ -129,10 +171,17 @@ mod tests {
             request_bytes: 300,
             response_bytes: 80,
         };
-        request_finished(&mut metrics, &in_flight, &labels, &ok);
-        request_finished(&mut metrics, &in_flight, &labels, &ok);
+        let mut names = NameCache::default();
+        request_finished(&mut metrics, &mut names, &in_flight, &labels, &ok);
+        request_finished(&mut metrics, &mut names, &in_flight, &labels, &ok);
         request_started(&mut metrics, &in_flight);
-        request_finished(&mut metrics, &in_flight, &labels, &Observation::default());
+        request_finished(
+            &mut metrics,
+            &mut names,
+            &in_flight,
+            &labels,
+            &Observation::default(),
+        );
 
         let sink = metrics.sink();
         let gauge = sink.id_of(REQUESTS_IN_FLIGHT, "");
@@ -161,6 +210,29 @@ mod tests {
         assert_eq!(sink.samples[&sizes[0]], vec![80, 80]);
         // Defined once each: gauge + 4 metrics for 201 + 4 for the reset.
         assert_eq!(sink.names.len(), 9);
+    }
+
+    #[test]
+    fn codes_outside_the_valid_range_share_the_unknown_names() {
+        let mut metrics = Metrics::new(Recorder::default());
+        let mut names = NameCache::default();
+        let labels = labels("acme");
+        let in_flight = labels.in_flight_name();
+        for code in [None, Some(0), Some(1000), Some(-1)] {
+            let observation = Observation {
+                code,
+                ..Observation::default()
+            };
+            request_finished(&mut metrics, &mut names, &in_flight, &labels, &observation);
+        }
+        let unknown = metrics.sink().id_of(
+            REQUESTS_TOTAL,
+            "response_code_class=.=unknown;.;response_code=.=0;",
+        );
+        assert_eq!(unknown.len(), 1);
+        assert_eq!(metrics.sink().counters[&unknown[0]], 4);
+        // The gauge + 4 metrics for code 0.
+        assert_eq!(metrics.sink().names.len(), 5);
     }
 
     #[test]
