@@ -1,10 +1,12 @@
-//! Verified-token cache. Keyed by the SHA-256 of the token (the token itself
-//! is never stored), bounded, and consulted before any signature check; the
-//! caller re-checks `exp`/`nbf` on every hit.
+//! Verified-token cache, bounded and consulted before any signature check;
+//! the caller re-checks `exp`/`nbf` on every hit.
 //!
-//! Two levels: a per-worker map (no host call) and a fixed set of slots in
-//! proxy-wasm shared data, so a token verified by one Envoy worker is a hit on
-//! the others. Slots are direct-mapped by hash, which keeps the shared store
+//! Two levels: a per-worker map keyed by the token itself (a hit costs one
+//! SipHash and one comparison, no digest and no host call; the token already
+//! lives in this worker's memory, as in `jwt_authn`'s cache) and a fixed set
+//! of slots in proxy-wasm shared data keyed by the token's SHA-256 (the token
+//! never leaves the worker), so a token verified by one Envoy worker is a hit
+//! on the others. Slots are direct-mapped by hash, which keeps the shared store
 //! bounded (proxy-wasm cannot delete shared keys) and makes a write a single
 //! unconditional `set`: a lost slot only costs one re-verification.
 
@@ -26,8 +28,8 @@ pub fn token_hash(token: &str) -> TokenHash {
 /// Per-worker cache; the oldest insertion is evicted first.
 pub struct LocalCache {
     capacity: usize,
-    entries: HashMap<TokenHash, Rc<Verified>>,
-    order: VecDeque<TokenHash>,
+    entries: HashMap<Rc<str>, Rc<Verified>>,
+    order: VecDeque<Rc<str>>,
 }
 
 impl LocalCache {
@@ -39,16 +41,17 @@ impl LocalCache {
         }
     }
 
-    pub fn get(&self, hash: &TokenHash) -> Option<Rc<Verified>> {
-        self.entries.get(hash).cloned()
+    pub fn get(&self, token: &str) -> Option<Rc<Verified>> {
+        self.entries.get(token).cloned()
     }
 
-    pub fn insert(&mut self, hash: TokenHash, verified: Rc<Verified>) {
+    pub fn insert(&mut self, token: &str, verified: Rc<Verified>) {
         if self.capacity == 0 {
             return;
         }
-        if self.entries.insert(hash, verified).is_none() {
-            self.order.push_back(hash);
+        let token: Rc<str> = Rc::from(token);
+        if self.entries.insert(token.clone(), verified).is_none() {
+            self.order.push_back(token);
         }
         while self.entries.len() > self.capacity {
             match self.order.pop_front() {
@@ -60,9 +63,9 @@ impl LocalCache {
         }
     }
 
-    pub fn remove(&mut self, hash: &TokenHash) {
-        if self.entries.remove(hash).is_some() {
-            self.order.retain(|entry| entry != hash);
+    pub fn remove(&mut self, token: &str) {
+        if self.entries.remove(token).is_some() {
+            self.order.retain(|entry| &**entry != token);
         }
     }
 
@@ -157,17 +160,16 @@ mod tests {
     #[test]
     fn local_cache_is_bounded_and_evicts_oldest() {
         let mut cache = LocalCache::new(2);
-        let (a, b, c) = (token_hash("a"), token_hash("b"), token_hash("c"));
-        cache.insert(a, verified("a"));
-        cache.insert(b, verified("b"));
-        cache.insert(c, verified("c"));
+        cache.insert("a", verified("a"));
+        cache.insert("b", verified("b"));
+        cache.insert("c", verified("c"));
         assert_eq!(cache.len(), 2);
-        assert!(cache.get(&a).is_none());
-        assert_eq!(cache.get(&c).unwrap().principal, "iss/c");
-        cache.remove(&b);
-        assert!(cache.get(&b).is_none());
+        assert!(cache.get("a").is_none());
+        assert_eq!(cache.get("c").unwrap().principal, "iss/c");
+        cache.remove("b");
+        assert!(cache.get("b").is_none());
         let mut off = LocalCache::new(0);
-        off.insert(a, verified("a"));
+        off.insert("a", verified("a"));
         assert!(off.is_empty());
     }
 

@@ -174,6 +174,27 @@ impl Engine {
         }
     }
 
+    /// A cache hit stays valid only while its time claims do.
+    fn recheck(
+        &mut self,
+        token: &str,
+        hit: Rc<Verified>,
+        now: u64,
+    ) -> Result<(Rc<Verified>, bool), Result<TokenError, usize>> {
+        let provider = self
+            .config
+            .providers
+            .get(hit.provider)
+            .ok_or(Ok(TokenError::IssuerUnknown))?;
+        match verify::check_times(&hit.claims, provider, now) {
+            Ok(()) => Ok((hit, true)),
+            Err(err) => {
+                self.local_cache.remove(token);
+                Err(Ok(err))
+            }
+        }
+    }
+
     /// Verifies `token`, consulting the caches first; time claims are
     /// re-checked on every hit.
     fn authenticate(
@@ -183,28 +204,14 @@ impl Engine {
         store: &dyn SharedStore,
         now: u64,
     ) -> Result<(Rc<Verified>, bool), Result<TokenError, usize>> {
+        if let Some(hit) = self.local_cache.get(token) {
+            return self.recheck(token, hit, now);
+        }
         let hash = token_hash(token);
-        let cached = match self.local_cache.get(&hash) {
-            Some(hit) => Some(hit),
-            None => self.shared_cache.get(store, &hash).map(|hit| {
-                let hit = Rc::new(hit);
-                self.local_cache.insert(hash, hit.clone());
-                hit
-            }),
-        };
-        if let Some(hit) = cached {
-            let provider = self
-                .config
-                .providers
-                .get(hit.provider)
-                .ok_or(Ok(TokenError::IssuerUnknown))?;
-            return match verify::check_times(&hit.claims, provider, now) {
-                Ok(()) => Ok((hit, true)),
-                Err(err) => {
-                    self.local_cache.remove(&hash);
-                    Err(Ok(err))
-                }
-            };
+        if let Some(hit) = self.shared_cache.get(store, &hash) {
+            let hit = Rc::new(hit);
+            self.local_cache.insert(token, hit.clone());
+            return self.recheck(token, hit, now);
         }
         let parsed =
             verify::parse(token, &self.config.providers, self.max_token_bytes).map_err(Ok)?;
@@ -224,7 +231,7 @@ impl Engine {
             Ok(verified) => {
                 let verified = Rc::new(verified);
                 self.shared_cache.put(store, &hash, &verified);
-                self.local_cache.insert(hash, verified.clone());
+                self.local_cache.insert(token, verified.clone());
                 Ok((verified, false))
             }
             Err(TokenError::UnknownKey) if provider.is_remote() => Err(Err(parsed.provider)),
