@@ -202,6 +202,8 @@ struct InFlight {
     key: String,
     ticket: Ticket,
     started_ms: u64,
+    /// The state written to filter state at admission.
+    state: State,
 }
 
 struct BreakerStream {
@@ -339,15 +341,28 @@ impl BreakerStream {
         rejection_problem(policy.rejection.status, &policy.name, rejection).send(&headers);
     }
 
-    /// Records the outcome of the admitted call once (`None`: just free its slot).
-    fn finish(&mut self, response: Option<Response<'_>>) {
+    /// Records the admitted call's outcome once, for response `status`;
+    /// `with_details`: read Envoy's failure flags and details too.
+    fn finish(&mut self, status: Option<u16>, with_details: bool) {
         let (Some(loaded), Some(in_flight)) = (self.loaded.clone(), self.admitted.take()) else {
             return;
         };
+        let (flags, details) = if with_details {
+            (
+                property_u64(&["response", "flags"]).unwrap_or(0),
+                property_string(&["response", "code_details"]),
+            )
+        } else {
+            (0, None)
+        };
+        let response = Response {
+            status,
+            flags,
+            code_details: details.as_deref(),
+        };
         let now = now_ms();
-        let outcome = response
-            .and_then(|response| policy::classify(&in_flight.active.policy.failure, &response))
-            .map(|failure| Outcome {
+        let outcome =
+            policy::classify(&in_flight.active.policy.failure, &response).map(|failure| Outcome {
                 failure,
                 duration_ms: now.saturating_sub(in_flight.started_ms),
             });
@@ -360,7 +375,9 @@ impl BreakerStream {
         );
         match finished {
             Ok(Some((transition, state))) => {
-                filter_state::set(filter_state::BREAKER_STATE, state.as_str());
+                if state != in_flight.state {
+                    filter_state::set(filter_state::BREAKER_STATE, state.as_str());
+                }
                 self.note_transition(&in_flight.active, &in_flight.key, transition, state);
             }
             Ok(None) => {}
@@ -415,6 +432,7 @@ impl HttpContext for BreakerStream {
                             key,
                             ticket,
                             started_ms: now,
+                            state,
                         });
                         Action::Continue
                     }
@@ -445,12 +463,7 @@ impl HttpContext for BreakerStream {
         }
         let status = header(MapType::HttpResponseHeaders, ":status")
             .and_then(|status| status.parse::<u16>().ok());
-        let details = property_string(&["response", "code_details"]);
-        self.finish(Some(Response {
-            status,
-            flags: property_u64(&["response", "flags"]).unwrap_or(0),
-            code_details: details.as_deref(),
-        }));
+        self.finish(status, policy::failure_details_matter_at_headers(status));
         Action::Continue
     }
 
@@ -460,11 +473,6 @@ impl HttpContext for BreakerStream {
         }
         // No response headers came: a reset, a timeout, or the client left.
         let status = property_u64(&["response", "code"]).and_then(|code| u16::try_from(code).ok());
-        let details = property_string(&["response", "code_details"]);
-        self.finish(Some(Response {
-            status,
-            flags: property_u64(&["response", "flags"]).unwrap_or(0),
-            code_details: details.as_deref(),
-        }));
+        self.finish(status, true);
     }
 }

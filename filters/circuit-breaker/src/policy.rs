@@ -206,6 +206,15 @@ pub mod flags {
         | UPSTREAM_PROTOCOL_ERROR;
 }
 
+/// Whether `response.flags` and `response.code_details` are worth reading
+/// when response headers arrive with `status`: until then Envoy reports
+/// upstream failures (resets, timeouts, no healthy upstream) only as local
+/// 5xx replies, so below 500 the status alone decides and the glue saves two
+/// host calls per request. (A reset cutting a body comes later, in `on_log`.)
+pub fn failure_details_matter_at_headers(status: Option<u16>) -> bool {
+    status.is_none_or(|status| status == 0 || status >= 500)
+}
+
 /// Whether a call failed under the policy's rules, or `None` when it says
 /// nothing about the upstream (the client went away before any response).
 pub fn classify(failure: &Failure, response: &Response<'_>) -> Option<bool> {
@@ -418,6 +427,15 @@ mod tests {
         assert_eq!(classify(&rules, &no_response), Some(true));
         let ignored = failure(r#"{"connection_failures":false}"#);
         assert_eq!(classify(&ignored, &no_response), Some(false));
+    }
+
+    #[test]
+    fn at_response_headers_details_matter_only_for_5xx_or_no_status() {
+        assert!(!failure_details_matter_at_headers(Some(200)));
+        assert!(!failure_details_matter_at_headers(Some(499)));
+        assert!(failure_details_matter_at_headers(Some(503)));
+        assert!(failure_details_matter_at_headers(Some(0)));
+        assert!(failure_details_matter_at_headers(None));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use crate::breaker::Spec;
 use crate::breaker::{Admission, Breaker, Outcome, State, Ticket, Transition};
-use meshwasm_shared::shared_data::{update, SharedStore, StoreError};
+use meshwasm_shared::shared_data::{update, update_from, SharedStore, StoreError};
 
 const MAX_ATTEMPTS: u32 = 16;
 const REGISTRY: &str = "~keys";
@@ -61,13 +61,13 @@ pub struct Breakers<'a, S: SharedStore + ?Sized> {
 impl<S: SharedStore + ?Sized> Breakers<'_, S> {
     pub fn admit(&self, key: &str, spec: &Spec, now_ms: u64) -> Result<Admit, StoreError> {
         let entry = self.namespace.entry(key);
-        let (current, _) = self.store.get(&entry)?;
-        let exists = current.as_deref().and_then(Breaker::decode).is_some();
+        let first = self.store.get(&entry)?;
+        let exists = first.0.as_deref().and_then(Breaker::decode).is_some();
         if !exists && !self.has_room_for(key)? {
             return Ok(Admit::OverCapacity);
         }
         let (admission, transition, state, created) =
-            update(self.store, &entry, MAX_ATTEMPTS, |current| {
+            update_from(self.store, &entry, first, MAX_ATTEMPTS, |current| {
                 let existing = current.and_then(Breaker::decode);
                 let created = existing.is_none();
                 let mut breaker = existing.unwrap_or_else(|| Breaker::new(spec, now_ms));

@@ -58,9 +58,20 @@ impl SharedStore for HostStore {
 /// writes it back with CAS, retrying up to `max_attempts` times on a lost race.
 /// `update` returns the bytes to store (or `None` to leave the key as it is)
 /// and a result handed back to the caller from the attempt that won.
-pub fn update<S, T, F>(
+pub fn update<S, T, F>(store: &S, key: &str, max_attempts: u32, update: F) -> Result<T, StoreError>
+where
+    S: SharedStore + ?Sized,
+    F: FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+{
+    let first = store.get(key)?;
+    update_from(store, key, first, max_attempts, update)
+}
+
+/// [`update`] starting from a value the caller has just read (saves a read).
+pub fn update_from<S, T, F>(
     store: &S,
     key: &str,
+    first: Versioned,
     max_attempts: u32,
     mut update: F,
 ) -> Result<T, StoreError>
@@ -68,8 +79,9 @@ where
     S: SharedStore + ?Sized,
     F: FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
 {
-    for _ in 0..max_attempts {
-        let (current, cas) = store.get(key)?;
+    let mut read = first;
+    for attempt in 1..=max_attempts {
+        let (current, cas) = read;
         let current = current.filter(|bytes| !bytes.is_empty());
         let (next, result) = update(current.as_deref());
         let Some(next) = next else {
@@ -79,6 +91,10 @@ where
         if store.set(key, &next, cas)? {
             return Ok(result);
         }
+        if attempt == max_attempts {
+            break;
+        }
+        read = store.get(key)?;
     }
     Err(StoreError::Contended {
         attempts: max_attempts,
@@ -188,6 +204,23 @@ mod tests {
             increment(&store),
             Err(StoreError::Contended { attempts: 8 })
         );
+    }
+
+    #[test]
+    fn stale_first_read_is_retried_on_fresh_value() {
+        let store = MemoryStore::default();
+        increment(&store).unwrap();
+        let stale = store.get("n").unwrap();
+        increment(&store).unwrap();
+        let written = update_from(&store, "n", stale, 2, |current| {
+            let n = current
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+                + 1;
+            (Some(n.to_string().into_bytes()), n)
+        });
+        assert_eq!(written, Ok(3));
     }
 
     #[test]
