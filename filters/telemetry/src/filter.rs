@@ -12,12 +12,12 @@ use crate::report::{
     claim_value, decode_i64, request_finished, request_started, NameCache, Observation,
 };
 use crate::trace::{self, Incoming, Origin, TraceContext};
-use meshwasm_shared::filter_state;
+use meshwasm_shared::{filter_state, host_log};
 use meshwasm_shared::metrics::Metrics;
 use meshwasm_shared::shared_data::HostStore;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
@@ -337,7 +337,9 @@ impl HttpContext for TelemetryHttp {
         let Some((context, origin)) = &request.trace else {
             return;
         };
-        if !should_log(&vm.config.access_log, &context.trace_id, observation.code) {
+        if !should_log(&vm.config.access_log, &context.trace_id, observation.code)
+            || !host_log::enabled(LogLevel::Info)
+        {
             return;
         }
         let decisions = Decisions::from_raw(
