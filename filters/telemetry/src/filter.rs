@@ -12,9 +12,9 @@ use crate::report::{
     claim_value, decode_i64, request_finished, request_started, NameCache, Observation,
 };
 use crate::trace::{self, Incoming, Origin, TraceContext};
-use meshwasm_shared::{filter_state, host_log};
 use meshwasm_shared::metrics::Metrics;
 use meshwasm_shared::shared_data::HostStore;
+use meshwasm_shared::{filter_state, headers, host_log};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -179,31 +179,35 @@ impl TelemetryHttp {
         }
     }
 
-    fn tenant(&self, source: Option<&TenantSource>) -> Option<String> {
+    fn tenant(
+        source: Option<&TenantSource>,
+        request_headers: &[(String, String)],
+    ) -> Option<String> {
         match source? {
-            TenantSource::Header(name) => self.get_http_request_header(name),
+            TenantSource::Header(name) => headers::find(request_headers, name).map(str::to_owned),
             TenantSource::Claim(path) => {
                 claim_value(&filter_state::get(filter_state::AUTHZ_CLAIMS)?, path)
             }
         }
     }
 
-    fn trace(&self, vm: &mut VmState) -> Option<(TraceContext, Origin)> {
+    fn trace(
+        &self,
+        vm: &mut VmState,
+        request_headers: &[(String, String)],
+    ) -> Option<(TraceContext, Origin)> {
         let trace_config = &vm.config.trace;
         if !trace_config.enabled {
             return None;
         }
-        let header = |name| self.get_http_request_header(name);
-        let (traceparent, b3) = (header(trace::TRACEPARENT), header(trace::B3));
-        let (b3_trace_id, b3_span_id) = (header(trace::B3_TRACE_ID), header(trace::B3_SPAN_ID));
-        let (b3_sampled, b3_flags) = (header(trace::B3_SAMPLED), header(trace::B3_FLAGS));
+        let header = |name| headers::find(request_headers, name);
         let incoming = Incoming {
-            traceparent: traceparent.as_deref(),
-            b3: b3.as_deref(),
-            b3_trace_id: b3_trace_id.as_deref(),
-            b3_span_id: b3_span_id.as_deref(),
-            b3_sampled: b3_sampled.as_deref(),
-            b3_flags: b3_flags.as_deref(),
+            traceparent: header(trace::TRACEPARENT),
+            b3: header(trace::B3),
+            b3_trace_id: header(trace::B3_TRACE_ID),
+            b3_span_id: header(trace::B3_SPAN_ID),
+            b3_sampled: header(trace::B3_SAMPLED),
+            b3_flags: header(trace::B3_FLAGS),
         };
         let (accept_b3, ratio) = (
             trace_config.accept_b3,
@@ -237,14 +241,15 @@ impl HttpContext for TelemetryHttp {
         let workload = vm.workload();
         let peer_headers = vm.config.peer_headers;
 
-        let path = self.get_http_request_header(":path").unwrap_or_default();
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let route = route_label(&vm.config.routes, &path).to_owned();
-        let method = method_label(&method);
+        // One copy of the header map instead of a host call per header.
+        let request_headers = self.get_http_request_headers();
+        let header = |name| headers::find(&request_headers, name);
+        let route = route_label(&vm.config.routes, header(":path").unwrap_or_default()).to_owned();
+        let method = method_label(header(":method").unwrap_or_default());
         if method == crate::labels::OTHER {
             vm.metrics.count(&folded_name(TAG_METHOD), 1);
         }
-        let tenant = self.tenant(vm.config.tenant.as_ref());
+        let tenant = Self::tenant(vm.config.tenant.as_ref(), &request_headers);
         let tenant = vm.bounded(TAG_TENANT, tenant.as_deref());
 
         let mut peer_named_itself = false;
@@ -255,8 +260,10 @@ impl HttpContext for TelemetryHttp {
             (workload, UNKNOWN.to_owned())
         } else {
             let caller = if peer_headers {
-                let caller = self.get_http_request_header(SOURCE_WORKLOAD_HEADER);
-                self.set_http_request_header(SOURCE_WORKLOAD_HEADER, None);
+                let caller = header(SOURCE_WORKLOAD_HEADER).map(str::to_owned);
+                if caller.is_some() {
+                    self.set_http_request_header(SOURCE_WORKLOAD_HEADER, None);
+                }
                 caller
             } else {
                 None
@@ -275,7 +282,7 @@ impl HttpContext for TelemetryHttp {
         };
         let in_flight_name = labels.in_flight_name();
         request_started(&mut vm.metrics, &in_flight_name);
-        let trace = self.trace(&mut vm);
+        let trace = self.trace(&mut vm, &request_headers);
         self.request = Some(RequestState {
             destination_resolved: reporter != Reporter::Outbound,
             labels,
