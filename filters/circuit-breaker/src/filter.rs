@@ -7,7 +7,7 @@ use crate::config::{Config, Fallback};
 use crate::policy::{self, Active, KeySource, Policies, Request, Response};
 use crate::store::{Admit, Breakers, Namespace};
 use meshwasm_shared::filter_state;
-use meshwasm_shared::headers::split_path;
+use meshwasm_shared::headers::{self, split_path};
 use meshwasm_shared::metrics::{tagged_name, Metrics};
 use meshwasm_shared::problem::Problem;
 use meshwasm_shared::shared_data::HostStore;
@@ -212,21 +212,21 @@ struct BreakerStream {
     admitted: Option<InFlight>,
 }
 
-/// Key parts of the current request: the authority already read, the rest
-/// read on demand.
+/// Key parts of the current request: its headers, already read (one map
+/// copy costs less than two single-header reads), the rest read on demand.
 struct Host {
-    authority: Option<String>,
+    request_headers: Vec<(String, String)>,
 }
 
 impl KeySource for Host {
     fn authority(&self) -> Option<String> {
-        self.authority.clone()
+        self.header(":authority")
     }
     fn cluster(&self) -> Option<String> {
         property_string(&["xds", "cluster_name"])
     }
     fn header(&self, name: &str) -> Option<String> {
-        header(MapType::HttpRequestHeaders, name)
+        headers::find(&self.request_headers, name).map(str::to_owned)
     }
     fn claims(&self) -> Option<Vec<u8>> {
         filter_state::get(filter_state::AUTHZ_CLAIMS)
@@ -393,15 +393,14 @@ impl HttpContext for BreakerStream {
         let Some(loaded) = self.loaded.clone() else {
             return Action::Continue;
         };
-        let method = header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
         let host = Host {
-            authority: header(MapType::HttpRequestHeaders, ":authority"),
+            request_headers: self.get_http_request_headers(),
         };
-        let full_path = header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
-        let (path, _) = split_path(&full_path);
+        let pseudo = |name| headers::find(&host.request_headers, name).unwrap_or_default();
+        let (path, _) = split_path(pseudo(":path"));
         let request = Request {
-            method: &method,
-            authority: host.authority.as_deref().unwrap_or_default(),
+            method: pseudo(":method"),
+            authority: pseudo(":authority"),
             path,
         };
         let Some((active, route)) = loaded.policies.select(&request) else {
