@@ -130,7 +130,13 @@ mod tests {
 
     #[test]
     fn accepted_names_are_listed_in_errors() {
-        for name in ["authz", "routing", "circuit_breaker", "circuit-breaker", "telemetry"] {
+        for name in [
+            "authz",
+            "routing",
+            "circuit_breaker",
+            "circuit-breaker",
+            "telemetry",
+        ] {
             assert!(ROOT_IDS.contains(name), "{name}");
             assert!(Filter::from_root_id(name).is_some(), "{name}");
         }
