@@ -17,6 +17,7 @@ WASM_TARGET := wasm32-wasip1
 WASM_PROFILE := wasm-release
 FILTERS := routing authz circuit-breaker telemetry
 DIST := $(CURDIR)/dist
+SUITE_TARGET := $(CURDIR)/target/suite
 
 .PHONY: setup build apps test test-unit test-e2e lint demo mesh token clean
 .PHONY: bench
@@ -53,6 +54,13 @@ build: $(TOOLS)/.wasm-target $(TOOLS)/.clang
 	  (cd $(DIST) && sha256sum $$f.wasm > $$f.wasm.sha256); \
 	  printf '%-28s %8d bytes\n' dist/$$f.wasm $$(stat -c %s $(DIST)/$$f.wasm); \
 	done
+	@# The combined module on its own: built with the filters above, Cargo would
+	@# turn their standalone entry points back on (feature unification). Its own
+	@# target dir keeps both feature sets of the filter crates built.
+	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) -p meshwasm-suite --target-dir $(SUITE_TARGET)
+	@cp $(SUITE_TARGET)/$(WASM_TARGET)/$(WASM_PROFILE)/meshwasm.wasm $(DIST)/meshwasm.wasm
+	@cd $(DIST) && sha256sum meshwasm.wasm > meshwasm.wasm.sha256
+	@printf '%-28s %8d bytes\n' dist/meshwasm.wasm $$(stat -c %s $(DIST)/meshwasm.wasm)
 
 # The order app and the mesh CLI (debug builds: the mesh runs them as is).
 APP_BIN := $(CURDIR)/target/debug
@@ -80,6 +88,7 @@ lint: $(TOOLS)/.wasm-target $(TOOLS)/.clang
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshwasm-$(f)) -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -p meshwasm-suite -- -D warnings
 
 # Native tests; the mesh crate's end-to-end tests need Envoy and run in test-e2e.
 test-unit:

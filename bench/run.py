@@ -356,6 +356,19 @@ def build_variants(dist, noop_module, jwks_by_algorithm):
                 expect_without_token=401 if "authz" in meshwasm else None,
             )
         )
+        # The same filters and configs from the combined module, chosen by
+        # root id: one VM per thread instead of one per filter.
+        combined = dist / "meshwasm.wasm"
+        if combined.exists():
+            variants.append(
+                Variant(
+                    "meshwasm-chain-one-module",
+                    "meshwasm-chain from dist/meshwasm.wasm (one module, one VM)",
+                    [wasm_filter(name, root_id, combined, config) for name, (root_id, _, config) in configs.items()],
+                    module_bytes=combined.stat().st_size,
+                    expect_without_token=401 if "authz" in meshwasm else None,
+                )
+            )
     variants += [
         Variant(
             "native-jwt-rbac",

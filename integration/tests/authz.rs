@@ -381,7 +381,7 @@ kind: WasmPlugin
 metadata: {name: authz, namespace: istio-system}
 spec:
   selector: {matchLabels: {istio: ingressgateway}}
-  url: oci://ghcr.io/meshwasm/authz:0.1.0
+  url: oci://ghcr.io/meshwasm/meshwasm:0.1.0
   pluginName: authz
   phase: AUTHN
   failStrategy: FAIL_CLOSE

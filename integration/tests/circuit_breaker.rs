@@ -33,7 +33,7 @@ spec:
       app: order
   match:
     - mode: CLIENT
-  url: oci://ghcr.io/meshwasm/circuit-breaker:0.1.0
+  url: oci://ghcr.io/meshwasm/meshwasm:0.1.0
   pluginName: circuit_breaker
   failStrategy: FAIL_OPEN
   pluginConfig:

@@ -108,7 +108,7 @@ spec:
   selector:
     matchLabels:
       istio: ingressgateway
-  url: oci://ghcr.io/meshwasm/routing:0.1.0
+  url: oci://ghcr.io/meshwasm/meshwasm:0.1.0
   pluginName: routing
   phase: AUTHZ
   failStrategy: FAIL_OPEN

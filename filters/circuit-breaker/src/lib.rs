@@ -9,10 +9,16 @@ pub mod filter;
 pub mod policy;
 pub mod store;
 
-use proxy_wasm::traits::RootContext;
-use proxy_wasm::types::LogLevel;
+/// A root context of this filter, for the module that hosts it: this crate's
+/// own entry point or the combined module.
+pub fn new_root_context() -> Box<dyn proxy_wasm::traits::RootContext> {
+    Box::new(filter::BreakerRoot::new())
+}
 
+// Only the wasm module needs the entry point; natively it would clash with the
+// combined module's when a workspace build turns `standalone` on for both.
+#[cfg(all(feature = "standalone", target_family = "wasm"))]
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(filter::BreakerRoot::new()) });
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| new_root_context());
 }}
