@@ -97,9 +97,11 @@ test-e2e: build apps $(call envoy_bin,$(ENVOY_OLDEST)) $(call envoy_bin,$(ENVOY_
 test: lint test-unit test-e2e
 
 # Per-filter cost on real Envoy, side by side with native filters (bench/run.py, BENCHMARKS.md).
-# BENCH_QUICK=1: 1 s runs, 1 repetition; BENCH_VARIANTS=authz,native-jwt-rbac picks variants.
+# BENCH_QUICK=1: 1 s runs, 1 repetition; BENCH_VARIANTS=authz,native-jwt-rbac picks variants;
+# BENCH_PRICES=1: the host-call price list (bench/hostcall-probe) instead of the filters.
 BENCH_VENV := $(TOOLS)/bench-venv
 NOOP_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_noop_filter.wasm
+PROBE_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_hostcall_probe.wasm
 bench: build envoy $(BENCH_VENV)/bin/python
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	if ! command -v wrk >/dev/null || ! command -v openssl >/dev/null || ! command -v gnuplot >/dev/null; then \
@@ -108,8 +110,8 @@ bench: build envoy $(BENCH_VENV)/bin/python
 	  $$SUDO apt-get install -y -qq wrk openssl >/dev/null || exit 1; \
 	  $$SUDO apt-get install -y -qq gnuplot-nox >/dev/null || echo "gnuplot unavailable: no chart"; \
 	fi
-	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) -p bench-noop-filter
-	$(BENCH_VENV)/bin/python bench/run.py --envoy $(ENVOY) --dist $(DIST) --noop $(NOOP_WASM)
+	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) -p bench-noop-filter -p bench-hostcall-probe
+	$(BENCH_VENV)/bin/python bench/run.py --envoy $(ENVOY) --dist $(DIST) --noop $(NOOP_WASM) --probe $(PROBE_WASM)
 
 # The benchmark script's one dependency (PyYAML, to read the manifests).
 $(BENCH_VENV)/bin/python:

@@ -13,6 +13,12 @@ BENCH_WARMUP (s), BENCH_REPS, BENCH_CONNECTIONS, BENCH_VARIANTS (comma list
 of variant names; the empty chain always runs, diagnostic variants such as
 telemetry-nolog only when named), BENCH_LOG_LEVEL (Envoy's, default warning
 as in Istio).
+
+Host-call price list: BENCH_PRICES=1 (or `prices` in BENCH_VARIANTS) runs
+bench/hostcall-probe (`--probe`) once per host operation with the operation
+made once and BENCH_PRICE_COUNT times (default 20) per request, next to the
+empty chain and the no-op floor, and prints ns of Envoy CPU per call
+(`prices.csv`).
 """
 
 import argparse
@@ -382,6 +388,46 @@ def build_variants(dist, noop_module, jwks_by_algorithm):
             expect_without_token=401,
         ),
     ]
+    return variants
+
+
+# Host operations of bench/hostcall-probe, in the order of the price list,
+# with where the probe performs them.
+PRICE_OPS = [
+    ("get_header", "request headers: get_http_request_header(x-user)"),
+    ("get_headers", "request headers: get_http_request_headers() (whole map)"),
+    ("set_header", "request headers: set_http_request_header"),
+    ("get_property", "request headers: get_property(request.path)"),
+    ("get_property_response_code", "on_log: get_property(response.code)"),
+    ("set_property", "request headers: set_property (filter state)"),
+    ("increment_metric", "request headers: increment_metric (id cached)"),
+    ("define_metric", "request headers: define_metric by name (id not cached)"),
+    ("shared_data_get", "request headers: get_shared_data"),
+    ("shared_data_set", "request headers: get_shared_data + set_shared_data with CAS (a pair)"),
+    ("log_info", "request headers: log at info (Envoy at warning)"),
+    ("random", "request headers: WASI random_get, 16 bytes"),
+    ("get_current_time", "request headers: get_current_time"),
+]
+PRICES_PRESET = "prices"
+
+
+def price_variants(probe_module, high_count):
+    """Two variants per host operation, `price-<op>-1` and
+    `price-<op>-<high_count>`: the probe filter doing the operation once and
+    `high_count` times per request. Diagnostic: they run with BENCH_PRICES=1
+    or when named."""
+    variants = []
+    for op, where in PRICE_OPS:
+        for count in (1, high_count):
+            variants.append(
+                Variant(
+                    f"price-{op}-{count}",
+                    f"bench/hostcall-probe, {count} × {where}",
+                    [wasm_filter("probe", "", probe_module, {"op": op, "count": count})],
+                    module_bytes=probe_module.stat().st_size,
+                    optional=True,
+                )
+            )
     return variants
 
 
@@ -915,6 +961,66 @@ plot "{data}" using 2:xtic(1) linecolor rgb "#3b75af", '' using 0:2:(sprintf("%.
     return True
 
 
+def price_list(variants, by_rep, settings):
+    """Per host operation: the price of one call in ns of Envoy CPU,
+    (CPU/req at count N − CPU/req at count 1) / (N − 1), paired within each
+    repetition (the two runs are neighbours in the round-robin), median and
+    range over the repetitions."""
+    names = {v.name for v in variants}
+    high = settings["price_count"]
+    rows = []
+    for op, where in PRICE_OPS:
+        low_name, high_name = f"price-{op}-1", f"price-{op}-{high}"
+        if low_name not in names or high_name not in names:
+            continue
+        prices, lows, highs = [], [], []
+        for rep in range(settings["reps"]):
+            low, top = by_rep.get((low_name, rep)), by_rep.get((high_name, rep))
+            if low and top:
+                prices.append((top["cpu_us"] - low["cpu_us"]) * 1000 / (high - 1))
+                lows.append(low["cpu_us"])
+                highs.append(top["cpu_us"])
+        if prices:
+            rows.append({
+                "op": op,
+                "where": where,
+                "ns_per_call": median(prices),
+                "ns_min": min(prices),
+                "ns_max": max(prices),
+                "cpu_us_1": median(lows),
+                f"cpu_us_{high}": median(highs),
+                "pairs": len(prices),
+            })
+    return rows
+
+
+def price_markdown(rows, settings):
+    high = settings["price_count"]
+    out = [
+        f"Host-call price list (bench/hostcall-probe): Envoy CPU ns per call = (CPU/req with the call made {high}× "
+        f"− with it made once) ÷ {high - 1}, paired within each repetition; median and range over "
+        f"{settings['reps']} repetition(s). A range wider than the median is noise.",
+        "",
+        f"| host operation | where / what | ns per call | range ns | CPU µs/req ×1 | CPU µs/req ×{high} |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        out.append(
+            f"| `{row['op']}` | {row['where']} | {fmt(row['ns_per_call'], 0)} | "
+            f"{fmt(row['ns_min'], 0)} … {fmt(row['ns_max'], 0)} | {fmt(row['cpu_us_1'])} | "
+            f"{fmt(row[f'cpu_us_{high}'])} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def write_price_csv(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(rows[0].keys())
+        for row in rows:
+            writer.writerow([value if isinstance(value, (str, int)) else round(value, 1) for value in row.values()])
+
+
 def machine_summary(envoy):
     version = subprocess.run([str(envoy), "--version"], capture_output=True, text=True).stdout.strip()
     version = re.search(r"version: (\S+)", version)
@@ -944,6 +1050,7 @@ def main():
     parser.add_argument("--envoy", required=True, type=Path)
     parser.add_argument("--dist", required=True, type=Path)
     parser.add_argument("--noop", required=True, type=Path, help="the no-op filter's .wasm")
+    parser.add_argument("--probe", type=Path, help="bench/hostcall-probe's .wasm (the host-call price list)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
     args = parser.parse_args()
     args.envoy = real_envoy(args.envoy)
@@ -955,6 +1062,8 @@ def main():
         "reps": int(os.environ.get("BENCH_REPS", 1 if quick else 3)),
         "connections": int(os.environ.get("BENCH_CONNECTIONS", 16)),
         "log_level": os.environ.get("BENCH_LOG_LEVEL", "warning"),
+        "prices": os.environ.get("BENCH_PRICES", "") not in ("", "0"),
+        "price_count": int(os.environ.get("BENCH_PRICE_COUNT", 20)),
         "pin": bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2,
     }
     if not shutil.which("wrk"):
@@ -972,7 +1081,13 @@ def main():
 def run(args, settings, workdir):
     tokens = Tokens(workdir)
     variants = build_variants(args.dist, args.noop, tokens.jwks)
+    prices = price_variants(args.probe, settings["price_count"]) if args.probe else []
+    variants += prices
     wanted = [name for name in os.environ.get("BENCH_VARIANTS", "").split(",") if name]
+    if settings["prices"] or PRICES_PRESET in wanted:
+        if not prices:
+            sys.exit("the price list needs --probe (bench/hostcall-probe's .wasm)")
+        wanted = [name for name in wanted if name != PRICES_PRESET] + ["noop-wasm"] + [v.name for v in prices]
     if wanted:
         unknown = set(wanted) - {v.name for v in variants}
         if unknown:
@@ -992,6 +1107,7 @@ def run(args, settings, workdir):
     )
 
     samples = {}
+    by_rep = {}
     failures = {}
     scripts = tokens.scripts(variants)
     for rep in range(settings["reps"]):
@@ -1003,6 +1119,7 @@ def run(args, settings, workdir):
                 log(f"[{rep + 1}/{settings['reps']}] {variant.name}: FAILED: {err}")
                 continue
             samples.setdefault(variant.name, []).append(result)
+            by_rep[(variant.name, rep)] = result
             log(
                 f"[{rep + 1}/{settings['reps']}] {variant.name:28} {result['rps']:9.0f} req/s "
                 f"{result['cpu_us']:6.1f} CPU µs/req  p99 {result['p99_us']:7.0f} µs  "
@@ -1024,11 +1141,19 @@ def run(args, settings, workdir):
             f"- `{name}`: {len(messages)} of {settings['reps']} run(s): {messages[0].splitlines()[0]}"
             for name, messages in failures.items()
         ) + "\n"
+    price_rows = price_list(variants, by_rep, settings)
+    if price_rows:
+        text += "\n" + price_markdown(price_rows, settings)
+        write_price_csv(out / "prices.csv", price_rows)
     (out / "results.md").write_text(text)
     write_csv(out / "results.csv", variants, rows)
     charted = chart(out / "added-cpu.png", variants, rows, f"meshwasm filter cost, Envoy {machine['envoy_release']}")
     print(text)
-    log(f"results: {out}/results.md, results.csv" + (", added-cpu.png" if charted else ""))
+    log(
+        f"results: {out}/results.md, results.csv"
+        + (", prices.csv" if price_rows else "")
+        + (", added-cpu.png" if charted else "")
+    )
     if any(variant.name not in samples for variant in variants):
         sys.exit(1)
 
