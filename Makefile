@@ -102,7 +102,9 @@ test: lint test-unit test-e2e
 BENCH_VENV := $(TOOLS)/bench-venv
 NOOP_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_noop_filter.wasm
 PROBE_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_hostcall_probe.wasm
-bench: build envoy $(BENCH_VENV)/bin/python
+OHA_VERSION := 1.16.0
+OHA := $(TOOLS)/oha-$(OHA_VERSION)/bin/oha
+bench: build envoy $(BENCH_VENV)/bin/python $(OHA)
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	if ! command -v wrk >/dev/null || ! command -v openssl >/dev/null || ! command -v gnuplot >/dev/null; then \
 	  echo "installing wrk (load generator), openssl (test keys), gnuplot-nox (chart)"; \
@@ -111,7 +113,13 @@ bench: build envoy $(BENCH_VENV)/bin/python
 	  $$SUDO apt-get install -y -qq gnuplot-nox >/dev/null || echo "gnuplot unavailable: no chart"; \
 	fi
 	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) -p bench-noop-filter -p bench-hostcall-probe
-	$(BENCH_VENV)/bin/python bench/run.py --envoy $(ENVOY) --dist $(DIST) --noop $(NOOP_WASM) --probe $(PROBE_WASM)
+	$(BENCH_VENV)/bin/python bench/run.py --envoy $(ENVOY) --dist $(DIST) --noop $(NOOP_WASM) --probe $(PROBE_WASM) \
+	  --oha $(OHA)
+
+# The open-loop load generator (phase 2), pinned; without TLS support (the
+# benchmark is plain HTTP on loopback), which drops ring and rustls from its build.
+$(OHA):
+	cargo install oha --locked --version $(OHA_VERSION) --no-default-features --root $(TOOLS)/oha-$(OHA_VERSION)
 
 # The benchmark script's one dependency (PyYAML, to read the manifests).
 $(BENCH_VENV)/bin/python:
