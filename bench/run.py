@@ -1227,9 +1227,8 @@ def main():
         "log_level": os.environ.get("BENCH_LOG_LEVEL", "warning"),
         "prices": os.environ.get("BENCH_PRICES", "") not in ("", "0"),
         "price_count": int(os.environ.get("BENCH_PRICE_COUNT", 20)),
-        # The price list is a CPU measurement: no open loop unless asked.
-        "open": os.environ.get("BENCH_OPEN", "0" if os.environ.get("BENCH_PRICES", "") not in ("", "0") else "1")
-        not in ("", "0"),
+        # None: phase 2 runs unless this is a price-list run (a CPU measurement).
+        "open": os.environ["BENCH_OPEN"] not in ("", "0") if "BENCH_OPEN" in os.environ else None,
         "open_load": [int(x) for x in os.environ.get("BENCH_OPEN_LOAD", "50" if quick else "25,50,75").split(",") if x],
         "open_rates": [int(x) for x in os.environ.get("BENCH_OPEN_RATES", "").split(",") if x],
         "open_duration": int(os.environ.get("BENCH_OPEN_DURATION", 2 if quick else 4)),
@@ -1254,7 +1253,10 @@ def run(args, settings, workdir):
     prices = price_variants(args.probe, settings["price_count"]) if args.probe else []
     variants += prices
     wanted = [name for name in os.environ.get("BENCH_VARIANTS", "").split(",") if name]
-    if settings["prices"] or PRICES_PRESET in wanted:
+    price_run = settings["prices"] or PRICES_PRESET in wanted
+    if settings["open"] is None:
+        settings["open"] = not price_run
+    if price_run:
         if not prices:
             sys.exit("the price list needs --probe (bench/hostcall-probe's .wasm)")
         wanted = [name for name in wanted if name != PRICES_PRESET] + ["noop-wasm"] + [v.name for v in prices]
@@ -1299,11 +1301,9 @@ def run(args, settings, workdir):
     rows = summarise(variants, samples)
     open_variants = [v for v in variants if v.open_loop and not v.unique_tokens and v.name in rows]
     open_rows, rates, slowest = {}, [], None
-    if not settings["open"] or not open_variants:
-        pass
-    elif not args.oha or not os.access(args.oha, os.X_OK):
+    if settings["open"] and open_variants and not (args.oha and os.access(args.oha, os.X_OK)):
         log(f"open loop skipped: oha not found at {args.oha} (make bench installs it)")
-    else:
+    elif settings["open"] and open_variants:
         rates, slowest = open_loop_rates(open_variants, rows, settings)
         log(
             f"open loop: {len(open_variants)} variants at {', '.join(map(str, rates))} req/s"
