@@ -106,10 +106,14 @@ test-e2e: build apps $(call envoy_bin,$(ENVOY_OLDEST)) $(call envoy_bin,$(ENVOY_
 test: lint test-unit test-e2e
 
 # Per-filter cost on real Envoy, side by side with native filters (bench/run.py, BENCHMARKS.md).
-# BENCH_QUICK=1: 1 s runs, 1 repetition; BENCH_VARIANTS=authz,native-jwt-rbac picks variants.
+# BENCH_QUICK=1: 1 s runs, 1 repetition; BENCH_VARIANTS=authz,native-jwt-rbac picks variants;
+# BENCH_PRICES=1: the host-call price list (bench/hostcall-probe) instead of the filters.
 BENCH_VENV := $(TOOLS)/bench-venv
 NOOP_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_noop_filter.wasm
-bench: build envoy $(BENCH_VENV)/bin/python
+PROBE_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_hostcall_probe.wasm
+OHA_VERSION := 1.16.0
+OHA := $(TOOLS)/oha-$(OHA_VERSION)/bin/oha
+bench: build envoy $(BENCH_VENV)/bin/python $(if $(filter 0,$(BENCH_OPEN)),,$(OHA))
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	if ! command -v wrk >/dev/null || ! command -v openssl >/dev/null || ! command -v gnuplot >/dev/null; then \
 	  echo "installing wrk (load generator), openssl (test keys), gnuplot-nox (chart)"; \
@@ -117,8 +121,15 @@ bench: build envoy $(BENCH_VENV)/bin/python
 	  $$SUDO apt-get install -y -qq wrk openssl >/dev/null || exit 1; \
 	  $$SUDO apt-get install -y -qq gnuplot-nox >/dev/null || echo "gnuplot unavailable: no chart"; \
 	fi
-	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) -p bench-noop-filter
-	$(BENCH_VENV)/bin/python bench/run.py --envoy $(ENVOY) --dist $(DIST) --noop $(NOOP_WASM)
+	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) -p bench-noop-filter -p bench-hostcall-probe
+	$(BENCH_VENV)/bin/python bench/run.py --envoy $(ENVOY) --dist $(DIST) --noop $(NOOP_WASM) --probe $(PROBE_WASM) \
+	  --oha $(OHA)
+
+# The open-loop load generator (phase 2), pinned. A cold build takes 5-10 min on
+# 2 cores (about 220 crates; 1.16.0 does not build without a TLS feature), once;
+# BENCH_OPEN=0 make bench skips it and phase 2.
+$(OHA):
+	cargo install oha --locked --version $(OHA_VERSION) --root $(TOOLS)/oha-$(OHA_VERSION)
 
 # The benchmark script's one dependency (PyYAML, to read the manifests).
 $(BENCH_VENV)/bin/python:

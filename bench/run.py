@@ -8,11 +8,29 @@ with `wrk -t1 -c16` (pinned to core 1) over keep-alive. Variants run
 round-robin, once per repetition, and the median of the repetitions is
 reported. See BENCHMARKS.md for the method and the latest figures.
 
+Phase 2 (open loop, performance.md §6 step 5): afterwards every variant but
+the cache-miss ones gets a fresh Envoy, the same warm-up, then `oha -q R
+--latency-correction` (pinned to core 1) at each of the same fixed rates R:
+25/50/75 % of the slowest of those variants' closed-loop ceiling. Reported:
+p50/p90/p99 per rate, p99 minus the empty chain's at the same rate, and
+Envoy CPU per request at the middle rate. oha sends the same headers with
+every request, so cache-miss variants (a new token per request) are skipped.
+
 Environment: BENCH_QUICK=1 (1 s runs, 1 repetition), BENCH_DURATION (s),
 BENCH_WARMUP (s), BENCH_REPS, BENCH_CONNECTIONS, BENCH_VARIANTS (comma list
 of variant names; the empty chain always runs, diagnostic variants such as
 telemetry-nolog only when named), BENCH_LOG_LEVEL (Envoy's, default warning
 as in Istio).
+Open loop: BENCH_OPEN=0 (skip), BENCH_OPEN_LOAD (percentages of the slowest
+ceiling, default 25,50,75; 50 with BENCH_QUICK), BENCH_OPEN_RATES (absolute
+req/s instead, e.g. 1000,2000), BENCH_OPEN_DURATION (s per rate, default 4;
+2 with BENCH_QUICK), BENCH_OPEN_REPS (default 1). Needs `--oha`.
+
+Host-call price list: BENCH_PRICES=1 (or `prices` in BENCH_VARIANTS) runs
+bench/hostcall-probe (`--probe`) once per host operation with the operation
+made once and BENCH_PRICE_COUNT times (default 20) per request, next to the
+empty chain and the no-op floor, and prints ns of Envoy CPU per call
+(`prices.csv`).
 """
 
 import argparse
@@ -223,6 +241,7 @@ class Variant:
         algorithm="RS256",
         unique_tokens=False,
         optional=False,
+        open_loop=True,
     ):
         self.name = name
         self.description = description
@@ -237,6 +256,8 @@ class Variant:
         self.unique_tokens = unique_tokens
         # Diagnostic variants run only when named in BENCH_VARIANTS.
         self.optional = optional
+        # Measured at fixed rates in phase 2 (oha) as well.
+        self.open_loop = open_loop
 
 
 def build_variants(dist, noop_module, jwks_by_algorithm):
@@ -395,6 +416,47 @@ def build_variants(dist, noop_module, jwks_by_algorithm):
             expect_without_token=401,
         ),
     ]
+    return variants
+
+
+# Host operations of bench/hostcall-probe, in the order of the price list,
+# with where the probe performs them.
+PRICE_OPS = [
+    ("get_header", "request headers: get_http_request_header(x-user)"),
+    ("get_headers", "request headers: get_http_request_headers() (whole map)"),
+    ("set_header", "request headers: set_http_request_header"),
+    ("get_property", "request headers: get_property(request.path)"),
+    ("get_property_response_code", "on_log: get_property(response.code)"),
+    ("set_property", "request headers: set_property (filter state)"),
+    ("increment_metric", "request headers: increment_metric (id cached)"),
+    ("define_metric", "request headers: define_metric by name (id not cached)"),
+    ("shared_data_get", "request headers: get_shared_data"),
+    ("shared_data_set", "request headers: get_shared_data + set_shared_data with CAS (a pair)"),
+    ("log_info", "request headers: log at info (Envoy at warning)"),
+    ("random", "request headers: WASI random_get, 16 bytes"),
+    ("get_current_time", "request headers: get_current_time"),
+]
+PRICES_PRESET = "prices"
+
+
+def price_variants(probe_module, high_count):
+    """Two variants per host operation, `price-<op>-1` and
+    `price-<op>-<high_count>`: the probe filter doing the operation once and
+    `high_count` times per request. Diagnostic: they run with BENCH_PRICES=1
+    or when named."""
+    variants = []
+    for op, where in PRICE_OPS:
+        for count in (1, high_count):
+            variants.append(
+                Variant(
+                    f"price-{op}-{count}",
+                    f"bench/hostcall-probe, {count} × {where}",
+                    [wasm_filter("probe", "", probe_module, {"op": op, "count": count})],
+                    module_bytes=probe_module.stat().st_size,
+                    optional=True,
+                    open_loop=False,
+                )
+            )
     return variants
 
 
@@ -754,20 +816,26 @@ def start_envoy(binary, variant, workdir, settings, attempts=3):
     raise AssertionError("unreachable")
 
 
+def check_answers(envoy, variant, token):
+    """The filters answer as configured: 200 with the token, and the
+    expected rejection without it."""
+    status, body = probe(envoy.listen_port, token)
+    if status != 200:
+        raise RuntimeError(f"request with token answered {status}, not 200: {body}\n{envoy.log_tail()}")
+    if variant.expect_without_token is not None:
+        status, body = probe(envoy.listen_port, None)
+        if status != variant.expect_without_token:
+            raise RuntimeError(
+                f"request without token answered {status}, not {variant.expect_without_token}: {body}\n"
+                + envoy.log_tail()
+            )
+
+
 def measure(binary, variant, workdir, scripts, settings):
     script, token = scripts[(variant.algorithm, variant.unique_tokens)]
     envoy, ready_s = start_envoy(binary, variant, workdir, settings)
     try:
-        status, body = probe(envoy.listen_port, token)
-        if status != 200:
-            raise RuntimeError(f"request with token answered {status}, not 200: {body}\n{envoy.log_tail()}")
-        if variant.expect_without_token is not None:
-            status, body = probe(envoy.listen_port, None)
-            if status != variant.expect_without_token:
-                raise RuntimeError(
-                    f"request without token answered {status}, not {variant.expect_without_token}: {body}\n"
-                    + envoy.log_tail()
-                )
+        check_answers(envoy, variant, token)
         run_wrk(envoy.listen_port, settings["warmup"], settings["connections"], script, settings["pin"], False)
         rss = rss_mb(envoy.pid)
         cpu_before = cpu_seconds(envoy.pid)
@@ -790,6 +858,146 @@ def measure(binary, variant, workdir, scripts, settings):
         return result
     finally:
         envoy.stop()
+
+
+# ---------------------------------------------------------------- open loop (oha)
+
+
+def run_oha(oha, port, seconds, connections, rate, token, pin):
+    """oha at a fixed rate: requests are scheduled every 1/rate s whatever
+    the answers' pace, and `--latency-correction` measures each latency from
+    its scheduled send time (no coordinated omission)."""
+    argv = [
+        str(oha), "--no-tui", "--output-format", "json", "--disable-compression",
+        # -w: requests in flight at the deadline complete instead of counting as errors.
+        "-z", f"{seconds}s", "-w", "-c", str(connections), "-q", str(rate), "--latency-correction",
+        "-m", REQUEST_METHOD,
+    ]
+    for name, value in REQUEST_HEADERS.items():
+        argv += ["-H", f"{name}: {value}"]
+    argv += ["-H", f"Authorization: Bearer {token}", f"http://127.0.0.1:{port}{REQUEST_PATH}"]
+    done = subprocess.run(pinned(1, argv, pin), capture_output=True, text=True, timeout=seconds + 30)
+    if done.returncode != 0:
+        raise RuntimeError(f"oha failed: {done.stderr.strip() or done.stdout.strip()}")
+    return parse_oha(done.stdout)
+
+
+def parse_oha(output):
+    report = json.loads(output)
+    percentiles = report.get("latencyPercentiles") or {}
+    result = {
+        f"{name}_us": (percentiles.get(key) or float("nan")) * 1e6
+        for name, key in (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p999", "p99.9"))
+    }
+    statuses = report.get("statusCodeDistribution") or {}
+    result["achieved_rps"] = report["summary"]["requestsPerSec"]
+    result["non_2xx"] = sum(count for code, count in statuses.items() if not str(code).startswith("2"))
+    result["errors"] = sum((report.get("errorDistribution") or {}).values())
+    return result
+
+
+def measure_open(binary, variant, workdir, scripts, settings, oha, rates):
+    """One Envoy, warmed up like phase 1, then oha at each rate in turn:
+    latency percentiles and Envoy CPU per request at that rate."""
+    script, token = scripts[(variant.algorithm, variant.unique_tokens)]
+    envoy, _ = start_envoy(binary, variant, workdir, settings)
+    try:
+        check_answers(envoy, variant, token)
+        run_wrk(envoy.listen_port, settings["warmup"], settings["connections"], script, settings["pin"], False)
+        results = {}
+        for rate in rates:
+            cpu_before = cpu_seconds(envoy.pid)
+            requests_before = requests_counted(envoy.admin_port)
+            result = run_oha(
+                oha, envoy.listen_port, settings["open_duration"], settings["connections"], rate, token,
+                settings["pin"],
+            )
+            served = requests_counted(envoy.admin_port) - requests_before
+            result["cpu_us"] = (cpu_seconds(envoy.pid) - cpu_before) * 1e6 / served if served else float("nan")
+            if result["non_2xx"] or result["errors"]:
+                log(f"  warning: {variant.name} at {rate}/s: {result['non_2xx']} non-2xx, {result['errors']} errors")
+            results[rate] = result
+        return results
+    finally:
+        envoy.stop()
+
+
+def open_loop_rates(variants, rows, settings):
+    """The fixed rates of phase 2 and the variant whose ceiling set them:
+    BENCH_OPEN_LOAD percentages of the slowest ceiling among the variants
+    measured in open loop, or BENCH_OPEN_RATES verbatim."""
+    if settings["open_rates"]:
+        return settings["open_rates"], None
+    slowest = min(variants, key=lambda variant: rows[variant.name]["rps"])
+    ceiling = rows[slowest.name]["rps"]
+    return [max(1, round(ceiling * load / 100)) for load in settings["open_load"]], slowest.name
+
+
+def summarise_open(variants, open_samples, rates):
+    """Medians per variant and rate, with deltas against the empty chain at
+    the same rate."""
+    rows = {}
+    for variant in variants:
+        runs = open_samples.get(variant.name, [])
+        if not runs:
+            continue
+        rows[variant.name] = {
+            rate: {key: median([run[rate][key] for run in runs]) for key in runs[0][rate]} for rate in rates
+        }
+    empty = rows.get("empty")
+    for by_rate in rows.values():
+        for rate, row in by_rate.items():
+            for key in ("p50_us", "p90_us", "p99_us"):
+                row[f"{key[:-3]}_delta_us"] = row[key] - empty[rate][key] if empty else float("nan")
+    return rows
+
+
+def open_loop_markdown(variants, open_rows, rates, settings, slowest):
+    source = (
+        f"{', '.join(f'{load} %' for load in settings['open_load'])} of the slowest ceiling (`{slowest}`)"
+        if slowest else "BENCH_OPEN_RATES"
+    )
+    out = [
+        f"Open loop (phase 2): `oha -c{settings['connections']} -q R --latency-correction` for "
+        f"{settings['open_duration']} s per rate after a {settings['warmup']} s wrk warm-up, one Envoy per variant "
+        f"running the rates in turn, median of {settings['open_reps']} repetition(s). R = "
+        f"{', '.join(f'{rate:,}' for rate in rates)} req/s ({source}). Latencies in µs as p50 / p90 / p99; "
+        "Δp99 = p99 − the empty chain's p99 at the same rate; CPU µs/req is Envoy's at that rate. "
+        "`*`: oha could not hold the rate (achieved < 95 %). Cache-miss variants are not run (oha sends one "
+        "token, so every request would be a hit).",
+        "",
+    ]
+    head = ["variant"]
+    for rate in rates:
+        head += [f"{rate:,}/s p50 / p90 / p99", "Δp99"]
+    head.append(f"CPU µs/req at {rates[len(rates) // 2]:,}/s")
+    out.append("| " + " | ".join(head) + " |")
+    out.append("| --- |" + " ---: |" * (len(head) - 1))
+    for variant in variants:
+        by_rate = open_rows.get(variant.name)
+        if not by_rate:
+            continue
+        cells = [f"`{variant.name}`"]
+        for rate in rates:
+            row = by_rate[rate]
+            short = "*" if row["achieved_rps"] < 0.95 * rate else ""
+            cells.append(f"{fmt(row['p50_us'], 0)} / {fmt(row['p90_us'], 0)} / {fmt(row['p99_us'], 0)}{short}")
+            cells.append(fmt(row["p99_delta_us"], 0))
+        cells.append(fmt(by_rate[rates[len(rates) // 2]]["cpu_us"]))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def write_open_csv(path, variants, open_rows, rates):
+    keys = ["p50_us", "p90_us", "p99_us", "p999_us", "p50_delta_us", "p90_delta_us", "p99_delta_us",
+            "achieved_rps", "cpu_us", "non_2xx", "errors"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["variant", "rate"] + keys)
+        for variant in variants:
+            for rate in rates if variant.name in open_rows else ():
+                row = open_rows[variant.name][rate]
+                writer.writerow([variant.name, rate] + [round(row[key], 3) for key in keys])
 
 
 def median(values):
@@ -928,6 +1136,66 @@ plot "{data}" using 2:xtic(1) linecolor rgb "#3b75af", '' using 0:2:(sprintf("%.
     return True
 
 
+def price_list(variants, by_rep, settings):
+    """Per host operation: the price of one call in ns of Envoy CPU,
+    (CPU/req at count N − CPU/req at count 1) / (N − 1), paired within each
+    repetition (the two runs are neighbours in the round-robin), median and
+    range over the repetitions."""
+    names = {v.name for v in variants}
+    high = settings["price_count"]
+    rows = []
+    for op, where in PRICE_OPS:
+        low_name, high_name = f"price-{op}-1", f"price-{op}-{high}"
+        if low_name not in names or high_name not in names:
+            continue
+        prices, lows, highs = [], [], []
+        for rep in range(settings["reps"]):
+            low, top = by_rep.get((low_name, rep)), by_rep.get((high_name, rep))
+            if low and top:
+                prices.append((top["cpu_us"] - low["cpu_us"]) * 1000 / (high - 1))
+                lows.append(low["cpu_us"])
+                highs.append(top["cpu_us"])
+        if prices:
+            rows.append({
+                "op": op,
+                "where": where,
+                "ns_per_call": median(prices),
+                "ns_min": min(prices),
+                "ns_max": max(prices),
+                "cpu_us_1": median(lows),
+                f"cpu_us_{high}": median(highs),
+                "pairs": len(prices),
+            })
+    return rows
+
+
+def price_markdown(rows, settings):
+    high = settings["price_count"]
+    out = [
+        f"Host-call price list (bench/hostcall-probe): Envoy CPU ns per call = (CPU/req with the call made {high}× "
+        f"− with it made once) ÷ {high - 1}, paired within each repetition; median and range over "
+        f"{settings['reps']} repetition(s). A range wider than the median is noise.",
+        "",
+        f"| host operation | where / what | ns per call | range ns | CPU µs/req ×1 | CPU µs/req ×{high} |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        out.append(
+            f"| `{row['op']}` | {row['where']} | {fmt(row['ns_per_call'], 0)} | "
+            f"{fmt(row['ns_min'], 0)} … {fmt(row['ns_max'], 0)} | {fmt(row['cpu_us_1'])} | "
+            f"{fmt(row[f'cpu_us_{high}'])} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def write_price_csv(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(rows[0].keys())
+        for row in rows:
+            writer.writerow([value if isinstance(value, (str, int)) else round(value, 1) for value in row.values()])
+
+
 def machine_summary(envoy):
     version = subprocess.run([str(envoy), "--version"], capture_output=True, text=True).stdout.strip()
     version = re.search(r"version: (\S+)", version)
@@ -957,6 +1225,8 @@ def main():
     parser.add_argument("--envoy", required=True, type=Path)
     parser.add_argument("--dist", required=True, type=Path)
     parser.add_argument("--noop", required=True, type=Path, help="the no-op filter's .wasm")
+    parser.add_argument("--probe", type=Path, help="bench/hostcall-probe's .wasm (the host-call price list)")
+    parser.add_argument("--oha", type=Path, help="oha, the open-loop load generator of phase 2")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
     args = parser.parse_args()
     args.envoy = real_envoy(args.envoy)
@@ -968,6 +1238,14 @@ def main():
         "reps": int(os.environ.get("BENCH_REPS", 1 if quick else 3)),
         "connections": int(os.environ.get("BENCH_CONNECTIONS", 16)),
         "log_level": os.environ.get("BENCH_LOG_LEVEL", "warning"),
+        "prices": os.environ.get("BENCH_PRICES", "") not in ("", "0"),
+        "price_count": int(os.environ.get("BENCH_PRICE_COUNT", 20)),
+        # None: phase 2 runs unless this is a price-list run (a CPU measurement).
+        "open": os.environ["BENCH_OPEN"] not in ("", "0") if "BENCH_OPEN" in os.environ else None,
+        "open_load": [int(x) for x in os.environ.get("BENCH_OPEN_LOAD", "50" if quick else "25,50,75").split(",") if x],
+        "open_rates": [int(x) for x in os.environ.get("BENCH_OPEN_RATES", "").split(",") if x],
+        "open_duration": int(os.environ.get("BENCH_OPEN_DURATION", 2 if quick else 4)),
+        "open_reps": int(os.environ.get("BENCH_OPEN_REPS", 1)),
         "pin": bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2,
     }
     if not shutil.which("wrk"):
@@ -985,7 +1263,16 @@ def main():
 def run(args, settings, workdir):
     tokens = Tokens(workdir)
     variants = build_variants(args.dist, args.noop, tokens.jwks)
+    prices = price_variants(args.probe, settings["price_count"]) if args.probe else []
+    variants += prices
     wanted = [name for name in os.environ.get("BENCH_VARIANTS", "").split(",") if name]
+    price_run = settings["prices"] or PRICES_PRESET in wanted
+    if settings["open"] is None:
+        settings["open"] = not price_run
+    if price_run:
+        if not prices:
+            sys.exit("the price list needs --probe (bench/hostcall-probe's .wasm)")
+        wanted = [name for name in wanted if name != PRICES_PRESET] + ["noop-wasm"] + [v.name for v in prices]
     if wanted:
         unknown = set(wanted) - {v.name for v in variants}
         if unknown:
@@ -1005,6 +1292,7 @@ def run(args, settings, workdir):
     )
 
     samples = {}
+    by_rep = {}
     failures = {}
     scripts = tokens.scripts(variants)
     for rep in range(settings["reps"]):
@@ -1016,6 +1304,7 @@ def run(args, settings, workdir):
                 log(f"[{rep + 1}/{settings['reps']}] {variant.name}: FAILED: {err}")
                 continue
             samples.setdefault(variant.name, []).append(result)
+            by_rep[(variant.name, rep)] = result
             log(
                 f"[{rep + 1}/{settings['reps']}] {variant.name:28} {result['rps']:9.0f} req/s "
                 f"{result['cpu_us']:6.1f} CPU µs/req  p99 {result['p99_us']:7.0f} µs  "
@@ -1023,6 +1312,32 @@ def run(args, settings, workdir):
             )
 
     rows = summarise(variants, samples)
+    open_variants = [v for v in variants if v.open_loop and not v.unique_tokens and v.name in rows]
+    open_rows, rates, slowest = {}, [], None
+    if settings["open"] and open_variants and not (args.oha and os.access(args.oha, os.X_OK)):
+        log(f"open loop skipped: oha not found at {args.oha} (make bench installs it)")
+    elif settings["open"] and open_variants:
+        rates, slowest = open_loop_rates(open_variants, rows, settings)
+        log(
+            f"open loop: {len(open_variants)} variants at {', '.join(map(str, rates))} req/s"
+            + (f" ({'/'.join(map(str, settings['open_load']))} % of {slowest}'s ceiling)" if slowest else "")
+            + f", {settings['open_duration']} s each"
+        )
+        open_samples = {}
+        for rep in range(settings["open_reps"]):
+            for variant in open_variants:
+                try:
+                    results = measure_open(args.envoy, variant, workdir, scripts, settings, args.oha, rates)
+                except (RuntimeError, OSError, ValueError, KeyError, subprocess.SubprocessError) as err:
+                    failures.setdefault(variant.name, []).append(f"open loop: {err}")
+                    log(f"[open {rep + 1}/{settings['open_reps']}] {variant.name}: FAILED: {err}")
+                    continue
+                open_samples.setdefault(variant.name, []).append(results)
+                log(
+                    f"[open {rep + 1}/{settings['open_reps']}] {variant.name:28} p50/p99 µs "
+                    + "  ".join(f"{rate}/s {r['p50_us']:.0f}/{r['p99_us']:.0f}" for rate, r in results.items())
+                )
+        open_rows = summarise_open(open_variants, open_samples, rates)
     header = (
         f"Envoy {machine['envoy']}, {machine['cpu']}, {machine['cores']} cores, kernel {machine['kernel']}, "
         f"load average at start {machine['load']}. Envoy `--concurrency 1`"
@@ -1034,15 +1349,29 @@ def run(args, settings, workdir):
     text = markdown(variants, rows, header)
     if failures:
         text += "\nFailed runs (a variant without any successful run is missing from the table):\n\n" + "\n".join(
-            f"- `{name}`: {len(messages)} of {settings['reps']} run(s): {messages[0].splitlines()[0]}"
+            f"- `{name}`: {len(messages)} failed run(s): {messages[0].splitlines()[0]}"
             for name, messages in failures.items()
         ) + "\n"
+    if open_rows:
+        text += "\n" + open_loop_markdown(open_variants, open_rows, rates, settings, slowest)
+        write_open_csv(out / "open-loop.csv", open_variants, open_rows, rates)
+    price_rows = price_list(variants, by_rep, settings)
+    if price_rows:
+        text += "\n" + price_markdown(price_rows, settings)
+        write_price_csv(out / "prices.csv", price_rows)
     (out / "results.md").write_text(text)
     write_csv(out / "results.csv", variants, rows)
     charted = chart(out / "added-cpu.png", variants, rows, f"meshwasm filter cost, Envoy {machine['envoy_release']}")
     print(text)
-    log(f"results: {out}/results.md, results.csv" + (", added-cpu.png" if charted else ""))
-    if any(variant.name not in samples for variant in variants):
+    log(
+        f"results: {out}/results.md, results.csv"
+        + (", open-loop.csv" if open_rows else "")
+        + (", prices.csv" if price_rows else "")
+        + (", added-cpu.png" if charted else "")
+    )
+    if any(variant.name not in samples for variant in variants) or (
+        open_rows and any(variant.name not in open_rows for variant in open_variants)
+    ):
         sys.exit(1)
 
 
