@@ -26,8 +26,8 @@ of variant names; the empty chain always runs, diagnostic variants such as
 telemetry-nolog only when named), BENCH_LOG_LEVEL (Envoy's, default warning
 as in Istio).
 Open loop: BENCH_OPEN=0 (skip), BENCH_OPEN_LOAD (percentages of the slowest
-ceiling, default 25,50,75; 50 with BENCH_QUICK), BENCH_OPEN_RATES (absolute
-req/s instead, e.g. 1000,2000), BENCH_OPEN_DURATION (s per rate, default 4;
+non-miss ceiling, default 25,50,75; 50 with BENCH_QUICK), BENCH_OPEN_RATES (absolute
+req/s instead, e.g. 1000,2000), BENCH_OPEN_DURATION (s per rate, default 3;
 2 with BENCH_QUICK), BENCH_OPEN_REPS (default 1). Needs `--loadgen`.
 
 Host-call price list: BENCH_PRICES=1 (or `prices` in BENCH_VARIANTS) runs
@@ -1259,7 +1259,7 @@ def main():
         "open": os.environ["BENCH_OPEN"] not in ("", "0") if "BENCH_OPEN" in os.environ else None,
         "open_load": [int(x) for x in os.environ.get("BENCH_OPEN_LOAD", "50" if quick else "25,50,75").split(",") if x],
         "open_rates": [int(x) for x in os.environ.get("BENCH_OPEN_RATES", "").split(",") if x],
-        "open_duration": int(os.environ.get("BENCH_OPEN_DURATION", 2 if quick else 4)),
+        "open_duration": int(os.environ.get("BENCH_OPEN_DURATION", 2 if quick else 3)),
         "open_reps": int(os.environ.get("BENCH_OPEN_REPS", 1)),
         "pin": bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2,
     }
