@@ -25,6 +25,7 @@ const USAGE: &str =
                [--duration 4] [--timeout 5] [--method GET] [--path /] [-H 'Name: value']...
                [--token TOKEN | --tokens-file FILE]
 
+  -H: sent as given, in order (HTTP/1.1 needs `Host`; a bodyless POST needs `Content-Length: 0`).
   --tokens-file: one token per line; request n carries `Authorization: Bearer <line n mod count>`.
   Output: JSON with requests scheduled/sent/completed, achieved rate, errors, non-2xx and
   latency percentiles in µs, measured from each request's scheduled send time.";
