@@ -111,9 +111,9 @@ test: lint test-unit test-e2e
 BENCH_VENV := $(TOOLS)/bench-venv
 NOOP_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_noop_filter.wasm
 PROBE_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_hostcall_probe.wasm
-OHA_VERSION := 1.16.0
-OHA := $(TOOLS)/oha-$(OHA_VERSION)/bin/oha
-bench: build envoy $(BENCH_VENV)/bin/python $(if $(filter 0,$(BENCH_OPEN)),,$(OHA))
+# The open-loop load generator of phase 2 (bench/loadgen, std only: seconds to build).
+LOADGEN := target/release/loadgen
+bench: build envoy $(BENCH_VENV)/bin/python
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	if ! command -v wrk >/dev/null || ! command -v openssl >/dev/null || ! command -v gnuplot >/dev/null; then \
 	  echo "installing wrk (load generator), openssl (test keys), gnuplot-nox (chart)"; \
@@ -122,14 +122,9 @@ bench: build envoy $(BENCH_VENV)/bin/python $(if $(filter 0,$(BENCH_OPEN)),,$(OH
 	  $$SUDO apt-get install -y -qq gnuplot-nox >/dev/null || echo "gnuplot unavailable: no chart"; \
 	fi
 	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) -p bench-noop-filter -p bench-hostcall-probe
+	cargo build --release -p loadgen
 	$(BENCH_VENV)/bin/python bench/run.py --envoy $(ENVOY) --dist $(DIST) --noop $(NOOP_WASM) --probe $(PROBE_WASM) \
-	  --oha $(OHA)
-
-# The open-loop load generator (phase 2), pinned. A cold build takes 5-10 min on
-# 2 cores (about 220 crates; 1.16.0 does not build without a TLS feature), once;
-# BENCH_OPEN=0 make bench skips it and phase 2.
-$(OHA):
-	cargo install oha --locked --version $(OHA_VERSION) --root $(TOOLS)/oha-$(OHA_VERSION)
+	  --loadgen $(LOADGEN)
 
 # The benchmark script's one dependency (PyYAML, to read the manifests).
 $(BENCH_VENV)/bin/python:

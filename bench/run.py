@@ -8,13 +8,17 @@ with `wrk -t1 -c16` (pinned to core 1) over keep-alive. Variants run
 round-robin, once per repetition, and the median of the repetitions is
 reported. See BENCHMARKS.md for the method and the latest figures.
 
-Phase 2 (open loop, performance.md §6 step 5): afterwards every variant but
-the cache-miss ones gets a fresh Envoy, the same warm-up, then `oha -q R
---latency-correction` (pinned to core 1) at each of the same fixed rates R:
-25/50/75 % of the slowest of those variants' closed-loop ceiling. Reported:
-p50/p90/p99 per rate, p99 minus the empty chain's at the same rate, and
-Envoy CPU per request at the middle rate. oha sends the same headers with
-every request, so cache-miss variants (a new token per request) are skipped.
+Phase 2 (open loop, performance.md §6 step 5): afterwards every variant
+gets a fresh Envoy, the same warm-up, then bench/loadgen (`--loadgen`, our
+std-only open-loop generator, pinned to core 1) at each of the same fixed
+rates R: 25/50/75 % of the slowest closed-loop ceiling among the variants
+that are not cache-miss ones (a miss variant that cannot keep up shows as
+such instead of dragging every rate down). loadgen schedules a request every
+1/R s whatever the answers' pace and measures latency from the scheduled
+time (no coordinated omission); the cache-miss variants cycle their tokens
+file, one token per request, as in phase 1. Reported: p50/p90/p99 per rate,
+p99 minus the empty chain's at the same rate, and Envoy CPU per request at
+the middle rate.
 
 Environment: BENCH_QUICK=1 (1 s runs, 1 repetition), BENCH_DURATION (s),
 BENCH_WARMUP (s), BENCH_REPS, BENCH_CONNECTIONS, BENCH_VARIANTS (comma list
@@ -22,9 +26,9 @@ of variant names; the empty chain always runs, diagnostic variants such as
 telemetry-nolog only when named), BENCH_LOG_LEVEL (Envoy's, default warning
 as in Istio).
 Open loop: BENCH_OPEN=0 (skip), BENCH_OPEN_LOAD (percentages of the slowest
-ceiling, default 25,50,75; 50 with BENCH_QUICK), BENCH_OPEN_RATES (absolute
-req/s instead, e.g. 1000,2000), BENCH_OPEN_DURATION (s per rate, default 4;
-2 with BENCH_QUICK), BENCH_OPEN_REPS (default 1). Needs `--oha`.
+non-miss ceiling, default 25,50,75; 50 with BENCH_QUICK), BENCH_OPEN_RATES (absolute
+req/s instead, e.g. 1000,2000), BENCH_OPEN_DURATION (s per rate, default 3;
+2 with BENCH_QUICK), BENCH_OPEN_REPS (default 1). Needs `--loadgen`.
 
 Host-call price list: BENCH_PRICES=1 (or `prices` in BENCH_VARIANTS) runs
 bench/hostcall-probe (`--probe`) once per host operation with the operation
@@ -256,7 +260,7 @@ class Variant:
         self.unique_tokens = unique_tokens
         # Diagnostic variants run only when named in BENCH_VARIANTS.
         self.optional = optional
-        # Measured at fixed rates in phase 2 (oha) as well.
+        # Measured at fixed rates in phase 2 (loadgen) as well.
         self.open_loop = open_loop
 
 
@@ -751,7 +755,8 @@ class Tokens:
         return tokens
 
     def scripts(self, variants):
-        """wrk scripts and probe tokens keyed by (algorithm, unique)."""
+        """(wrk script, probe token, tokens file or None) keyed by
+        (algorithm, unique)."""
         scripts = {}
         for variant in variants:
             key = (variant.algorithm, variant.unique_tokens)
@@ -764,11 +769,11 @@ class Tokens:
                 tokens_file = path.with_suffix(".tokens")
                 tokens_file.write_text("\n".join(tokens) + "\n")
                 wrk_script(path, tokens[0], tokens_file)
-                scripts[key] = (path, tokens[0])
+                scripts[key] = (path, tokens[0], tokens_file)
             else:
                 token = self.main if variant.algorithm == "RS256" else self.mint([variant.algorithm], 1)[0]
                 wrk_script(path, token)
-                scripts[key] = (path, token)
+                scripts[key] = (path, token, None)
         return scripts
 
 
@@ -832,7 +837,7 @@ def check_answers(envoy, variant, token):
 
 
 def measure(binary, variant, workdir, scripts, settings):
-    script, token = scripts[(variant.algorithm, variant.unique_tokens)]
+    script, token, _ = scripts[(variant.algorithm, variant.unique_tokens)]
     envoy, ready_s = start_envoy(binary, variant, workdir, settings)
     try:
         check_answers(envoy, variant, token)
@@ -860,46 +865,47 @@ def measure(binary, variant, workdir, scripts, settings):
         envoy.stop()
 
 
-# ---------------------------------------------------------------- open loop (oha)
+# ---------------------------------------------------------------- open loop (loadgen)
 
 
-def run_oha(oha, port, seconds, connections, rate, token, pin):
-    """oha at a fixed rate: requests are scheduled every 1/rate s whatever
-    the answers' pace, and `--latency-correction` measures each latency from
-    its scheduled send time (no coordinated omission)."""
+def run_loadgen(loadgen, port, seconds, connections, rate, token, tokens_file, pin):
+    """bench/loadgen at a fixed rate: a request every 1/rate s over
+    `connections` keep-alive connections whatever the answers' pace, each
+    latency measured from its scheduled send time (no coordinated omission);
+    with `tokens_file`, request n carries the file's token n (cycled)."""
     argv = [
-        str(oha), "--no-tui", "--output-format", "json", "--disable-compression",
-        # -w: requests in flight at the deadline complete instead of counting as errors.
-        "-z", f"{seconds}s", "-w", "-c", str(connections), "-q", str(rate), "--latency-correction",
-        "-m", REQUEST_METHOD,
+        str(loadgen), "--port", str(port), "--rate", str(rate), "--connections", str(connections),
+        "--duration", str(seconds), "--method", REQUEST_METHOD, "--path", REQUEST_PATH,
     ]
     for name, value in REQUEST_HEADERS.items():
         argv += ["-H", f"{name}: {value}"]
-    argv += ["-H", f"Authorization: Bearer {token}", f"http://127.0.0.1:{port}{REQUEST_PATH}"]
+    argv += ["--tokens-file", str(tokens_file)] if tokens_file else ["--token", token]
     done = subprocess.run(pinned(1, argv, pin), capture_output=True, text=True, timeout=seconds + 30)
     if done.returncode != 0:
-        raise RuntimeError(f"oha failed: {done.stderr.strip() or done.stdout.strip()}")
-    return parse_oha(done.stdout)
+        raise RuntimeError(f"loadgen failed: {done.stderr.strip() or done.stdout.strip()}")
+    return parse_loadgen(done.stdout)
 
 
-def parse_oha(output):
+def parse_loadgen(output):
     report = json.loads(output)
-    percentiles = report.get("latencyPercentiles") or {}
-    result = {
-        f"{name}_us": (percentiles.get(key) or float("nan")) * 1e6
-        for name, key in (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p999", "p99.9"))
-    }
-    statuses = report.get("statusCodeDistribution") or {}
-    result["achieved_rps"] = report["summary"]["requestsPerSec"]
-    result["non_2xx"] = sum(count for code, count in statuses.items() if not str(code).startswith("2"))
-    result["errors"] = sum((report.get("errorDistribution") or {}).values())
+    latency = report.get("latency_us") or {}
+    result = {f"{key}_us": latency.get(key, float("nan")) for key in ("p50", "p90", "p99", "p999")}
+    result.update(
+        achieved_rps=report["achieved_rps"],
+        non_2xx=report["non_2xx"],
+        # Requests due before the deadline that a connection still busy
+        # with earlier ones never sent: counted with the errors.
+        errors=report["errors"] + report["unsent"],
+    )
+    if report.get("first_error"):
+        result["first_error"] = report["first_error"]
     return result
 
 
-def measure_open(binary, variant, workdir, scripts, settings, oha, rates):
-    """One Envoy, warmed up like phase 1, then oha at each rate in turn:
+def measure_open(binary, variant, workdir, scripts, settings, loadgen, rates):
+    """One Envoy, warmed up like phase 1, then loadgen at each rate in turn:
     latency percentiles and Envoy CPU per request at that rate."""
-    script, token = scripts[(variant.algorithm, variant.unique_tokens)]
+    script, token, tokens_file = scripts[(variant.algorithm, variant.unique_tokens)]
     envoy, _ = start_envoy(binary, variant, workdir, settings)
     try:
         check_answers(envoy, variant, token)
@@ -908,14 +914,18 @@ def measure_open(binary, variant, workdir, scripts, settings, oha, rates):
         for rate in rates:
             cpu_before = cpu_seconds(envoy.pid)
             requests_before = requests_counted(envoy.admin_port)
-            result = run_oha(
-                oha, envoy.listen_port, settings["open_duration"], settings["connections"], rate, token,
-                settings["pin"],
+            result = run_loadgen(
+                loadgen, envoy.listen_port, settings["open_duration"], settings["connections"], rate, token,
+                tokens_file, settings["pin"],
             )
             served = requests_counted(envoy.admin_port) - requests_before
             result["cpu_us"] = (cpu_seconds(envoy.pid) - cpu_before) * 1e6 / served if served else float("nan")
+            first_error = result.pop("first_error", None)
             if result["non_2xx"] or result["errors"]:
-                log(f"  warning: {variant.name} at {rate}/s: {result['non_2xx']} non-2xx, {result['errors']} errors")
+                log(
+                    f"  warning: {variant.name} at {rate}/s: {result['non_2xx']} non-2xx, {result['errors']} "
+                    f"errors or unsent" + (f" (first: {first_error})" if first_error else "")
+                )
             results[rate] = result
         return results
     finally:
@@ -925,10 +935,14 @@ def measure_open(binary, variant, workdir, scripts, settings, oha, rates):
 def open_loop_rates(variants, rows, settings):
     """The fixed rates of phase 2 and the variant whose ceiling set them:
     BENCH_OPEN_LOAD percentages of the slowest ceiling among the variants
-    measured in open loop, or BENCH_OPEN_RATES verbatim."""
+    measured in open loop that are not cache-miss ones (those run at the
+    same rates and may fall behind: their ES256 ceiling would push every
+    rate down to where the filters barely work), or BENCH_OPEN_RATES
+    verbatim."""
     if settings["open_rates"]:
         return settings["open_rates"], None
-    slowest = min(variants, key=lambda variant: rows[variant.name]["rps"])
+    candidates = [variant for variant in variants if not variant.unique_tokens] or variants
+    slowest = min(candidates, key=lambda variant: rows[variant.name]["rps"])
     ceiling = rows[slowest.name]["rps"]
     return [max(1, round(ceiling * load / 100)) for load in settings["open_load"]], slowest.name
 
@@ -954,17 +968,18 @@ def summarise_open(variants, open_samples, rates):
 
 def open_loop_markdown(variants, open_rows, rates, settings, slowest):
     source = (
-        f"{', '.join(f'{load} %' for load in settings['open_load'])} of the slowest ceiling (`{slowest}`)"
+        f"{', '.join(f'{load} %' for load in settings['open_load'])} of the slowest ceiling among the "
+        f"non-miss variants (`{slowest}`)"
         if slowest else "BENCH_OPEN_RATES"
     )
     out = [
-        f"Open loop (phase 2): `oha -c{settings['connections']} -q R --latency-correction` for "
-        f"{settings['open_duration']} s per rate after a {settings['warmup']} s wrk warm-up, one Envoy per variant "
-        f"running the rates in turn, median of {settings['open_reps']} repetition(s). R = "
-        f"{', '.join(f'{rate:,}' for rate in rates)} req/s ({source}). Latencies in µs as p50 / p90 / p99; "
-        "Δp99 = p99 − the empty chain's p99 at the same rate; CPU µs/req is Envoy's at that rate. "
-        "`*`: oha could not hold the rate (achieved < 95 %). Cache-miss variants are not run (oha sends one "
-        "token, so every request would be a hit).",
+        f"Open loop (phase 2): `loadgen --connections {settings['connections']} --rate R` (bench/loadgen, "
+        f"latency from each request's scheduled send time) for {settings['open_duration']} s per rate after a "
+        f"{settings['warmup']} s wrk warm-up, one Envoy per variant running the rates in turn, median of "
+        f"{settings['open_reps']} repetition(s). R = {', '.join(f'{rate:,}' for rate in rates)} req/s ({source}). "
+        "Latencies in µs as p50 / p90 / p99; Δp99 = p99 − the empty chain's p99 at the same rate; CPU µs/req is "
+        "Envoy's at that rate. `*`: the rate was not held (achieved < 95 %: the variant, or the generator, fell "
+        "behind). The `*-miss` variants send a new token with every request, as in phase 1.",
         "",
     ]
     head = ["variant"]
@@ -1226,7 +1241,7 @@ def main():
     parser.add_argument("--dist", required=True, type=Path)
     parser.add_argument("--noop", required=True, type=Path, help="the no-op filter's .wasm")
     parser.add_argument("--probe", type=Path, help="bench/hostcall-probe's .wasm (the host-call price list)")
-    parser.add_argument("--oha", type=Path, help="oha, the open-loop load generator of phase 2")
+    parser.add_argument("--loadgen", type=Path, help="bench/loadgen's binary (phase 2, open loop)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
     args = parser.parse_args()
     args.envoy = real_envoy(args.envoy)
@@ -1244,7 +1259,7 @@ def main():
         "open": os.environ["BENCH_OPEN"] not in ("", "0") if "BENCH_OPEN" in os.environ else None,
         "open_load": [int(x) for x in os.environ.get("BENCH_OPEN_LOAD", "50" if quick else "25,50,75").split(",") if x],
         "open_rates": [int(x) for x in os.environ.get("BENCH_OPEN_RATES", "").split(",") if x],
-        "open_duration": int(os.environ.get("BENCH_OPEN_DURATION", 2 if quick else 4)),
+        "open_duration": int(os.environ.get("BENCH_OPEN_DURATION", 2 if quick else 3)),
         "open_reps": int(os.environ.get("BENCH_OPEN_REPS", 1)),
         "pin": bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2,
     }
@@ -1312,10 +1327,10 @@ def run(args, settings, workdir):
             )
 
     rows = summarise(variants, samples)
-    open_variants = [v for v in variants if v.open_loop and not v.unique_tokens and v.name in rows]
+    open_variants = [v for v in variants if v.open_loop and v.name in rows]
     open_rows, rates, slowest = {}, [], None
-    if settings["open"] and open_variants and not (args.oha and os.access(args.oha, os.X_OK)):
-        log(f"open loop skipped: oha not found at {args.oha} (make bench installs it)")
+    if settings["open"] and open_variants and not (args.loadgen and os.access(args.loadgen, os.X_OK)):
+        log(f"open loop skipped: loadgen not found at {args.loadgen} (make bench builds it)")
     elif settings["open"] and open_variants:
         rates, slowest = open_loop_rates(open_variants, rows, settings)
         log(
@@ -1327,7 +1342,7 @@ def run(args, settings, workdir):
         for rep in range(settings["open_reps"]):
             for variant in open_variants:
                 try:
-                    results = measure_open(args.envoy, variant, workdir, scripts, settings, args.oha, rates)
+                    results = measure_open(args.envoy, variant, workdir, scripts, settings, args.loadgen, rates)
                 except (RuntimeError, OSError, ValueError, KeyError, subprocess.SubprocessError) as err:
                     failures.setdefault(variant.name, []).append(f"open loop: {err}")
                     log(f"[open {rep + 1}/{settings['open_reps']}] {variant.name}: FAILED: {err}")
