@@ -21,14 +21,14 @@ p99 minus the empty chain's at the same rate, and Envoy CPU per request at
 the middle rate.
 
 Environment: BENCH_QUICK=1 (1 s runs, 1 repetition), BENCH_DURATION (s),
-BENCH_WARMUP (s), BENCH_REPS, BENCH_CONNECTIONS, BENCH_VARIANTS (comma list
+BENCH_WARMUP (s), BENCH_REPS (default 2, so that a fresh machine builds and
+runs everything within 15 minutes; BENCHMARKS.md's figures use 3), BENCH_CONNECTIONS, BENCH_VARIANTS (comma list
 of variant names; the empty chain always runs, diagnostic variants such as
 telemetry-nolog only when named), BENCH_LOG_LEVEL (Envoy's, default warning
 as in Istio).
 Open loop: BENCH_OPEN=0 (skip), BENCH_OPEN_LOAD (percentages of the slowest
 non-miss ceiling, default 25,50,75; 50 with BENCH_QUICK), BENCH_OPEN_RATES (absolute
-req/s instead, e.g. 1000,2000), BENCH_OPEN_DURATION (s per rate, default 3;
-2 with BENCH_QUICK), BENCH_OPEN_REPS (default 1). Needs `--loadgen`.
+req/s instead, e.g. 1000,2000), BENCH_OPEN_DURATION (s per rate, default 2), BENCH_OPEN_REPS (default 1). Needs `--loadgen`.
 
 Host-call price list: BENCH_PRICES=1 (or `prices` in BENCH_VARIANTS) runs
 bench/hostcall-probe (`--probe`) once per host operation with the operation
@@ -1250,7 +1250,7 @@ def main():
     settings = {
         "duration": int(os.environ.get("BENCH_DURATION", 1 if quick else 4)),
         "warmup": int(os.environ.get("BENCH_WARMUP", 1 if quick else 2)),
-        "reps": int(os.environ.get("BENCH_REPS", 1 if quick else 3)),
+        "reps": int(os.environ.get("BENCH_REPS", 1 if quick else 2)),
         "connections": int(os.environ.get("BENCH_CONNECTIONS", 16)),
         "log_level": os.environ.get("BENCH_LOG_LEVEL", "warning"),
         "prices": os.environ.get("BENCH_PRICES", "") not in ("", "0"),
@@ -1259,7 +1259,7 @@ def main():
         "open": os.environ["BENCH_OPEN"] not in ("", "0") if "BENCH_OPEN" in os.environ else None,
         "open_load": [int(x) for x in os.environ.get("BENCH_OPEN_LOAD", "50" if quick else "25,50,75").split(",") if x],
         "open_rates": [int(x) for x in os.environ.get("BENCH_OPEN_RATES", "").split(",") if x],
-        "open_duration": int(os.environ.get("BENCH_OPEN_DURATION", 2 if quick else 3)),
+        "open_duration": int(os.environ.get("BENCH_OPEN_DURATION", 2)),
         "open_reps": int(os.environ.get("BENCH_OPEN_REPS", 1)),
         "pin": bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2,
     }
