@@ -347,6 +347,15 @@ impl Mesh {
     }
 
     /// A process's whole log (`order-v1.app`, `order-v1.sidecar`, `istio-ingressgateway`).
+    /// GET `path` through the ingress gateway (no headers).
+    pub fn ingress_get(&self, path: &str) -> Result<crate::http::Response> {
+        crate::http::get(
+            &crate::http::agent(),
+            &format!("{}{path}", self.ready.ingress),
+            &[],
+        )
+    }
+
     pub fn log(&self, process: &str) -> String {
         self.processes
             .iter()

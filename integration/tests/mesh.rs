@@ -157,15 +157,6 @@ fn broken_plugin(url: &str, sha256: Option<&str>, fail_strategy: Option<&str>) -
         )
 }
 
-fn healthz(mesh: &Mesh) -> Response {
-    http::get(
-        &http::agent(),
-        &format!("{}/healthz", mesh.ready.ingress),
-        &[],
-    )
-    .unwrap()
-}
-
 #[test]
 fn an_unfetchable_module_fails_closed_by_default_and_open_when_asked() {
     let closed = start(&[&broken_plugin(
@@ -173,7 +164,7 @@ fn an_unfetchable_module_fails_closed_by_default_and_open_when_asked() {
         None,
         None,
     )]);
-    let response = healthz(&closed);
+    let response = closed.ingress_get("/healthz").unwrap();
     assert_eq!(
         response.status, 403,
         "fail-closed: istio-agent's deny-all RBAC"
@@ -195,7 +186,7 @@ fn an_unfetchable_module_fails_closed_by_default_and_open_when_asked() {
         Some("FAIL_OPEN"),
     )]);
     assert_eq!(
-        healthz(&open).status,
+        open.ingress_get("/healthz").unwrap().status,
         200,
         "fail-open: allow-all RBAC, plugin skipped"
     );
@@ -205,7 +196,7 @@ fn an_unfetchable_module_fails_closed_by_default_and_open_when_asked() {
 fn a_wrong_sha256_fails_closed_and_the_right_one_loads() {
     let url = "oci://ghcr.io/meshwasm/telemetry:0.1.0";
     let wrong = start(&[&broken_plugin(url, Some(&"0".repeat(64)), None)]);
-    assert_eq!(healthz(&wrong).status, 403);
+    assert_eq!(wrong.ingress_get("/healthz").unwrap().status, 403);
     assert!(
         wrong.warnings.iter().any(|w| w.contains("does not match")),
         "{:?}",
@@ -217,7 +208,7 @@ fn a_wrong_sha256_fails_closed_and_the_right_one_loads() {
     let sha = std::fs::read_to_string(dist.join("telemetry.wasm.sha256")).unwrap();
     let sha = sha.split_whitespace().next().unwrap().to_owned();
     let right = start(&[&broken_plugin(url, Some(&sha), None)]);
-    assert_eq!(healthz(&right).status, 200);
+    assert_eq!(right.ingress_get("/healthz").unwrap().status, 200);
     assert!(right.warnings.is_empty(), "{:?}", right.warnings);
 }
 
@@ -230,7 +221,7 @@ fn a_refused_plugin_config_leaves_envoy_serving_and_a_fixed_one_is_picked_up() {
     };
     let mut mesh = start(&[&plugin("{no_such_field: 1}")]);
     // Envoy rejects the ECDS update; the chain answers 500 until a config is accepted.
-    assert_eq!(healthz(&mesh).status, 500);
+    assert_eq!(mesh.ingress_get("/healthz").unwrap().status, 500);
     let admin_ready = http::get(
         &http::agent(),
         &format!("{}/ready", mesh.ready.ingress_admin),
@@ -260,7 +251,7 @@ fn a_refused_plugin_config_leaves_envoy_serving_and_a_fixed_one_is_picked_up() {
 
     mesh.update_plugin(&plugin("{}")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while healthz(&mesh).status != 200 {
+    while mesh.ingress_get("/healthz").unwrap().status != 200 {
         assert!(
             Instant::now() < deadline,
             "the fixed config was not picked up"

@@ -5,7 +5,7 @@
 //!
 //! Run: `MESHWASM_ENVOY=... MESHWASM_DIST=... cargo test -p meshwasm-integration --test suite -- --test-threads 1`
 
-use meshwasm_integration::http::{self, Response};
+use meshwasm_integration::http;
 use meshwasm_integration::mesh::repo_root;
 use meshwasm_integration::{Mesh, MeshOptions};
 use serde_json::json;
@@ -55,15 +55,6 @@ fn shipped_plugin(file: &str, name: &str, edit: impl Fn(String) -> String) -> St
         "{name} ships the combined module"
     );
     edit(document.to_owned())
-}
-
-fn healthz(mesh: &Mesh) -> Response {
-    http::get(
-        &http::agent(),
-        &format!("{}/healthz", mesh.ready.ingress),
-        &[],
-    )
-    .unwrap()
 }
 
 #[test]
@@ -139,7 +130,7 @@ fn an_unknown_plugin_name_is_refused_and_envoy_keeps_serving() {
     );
     // Like any refused config: the chain answers 500 until one is accepted;
     // the gateway process lives and the sidecars serve.
-    assert_eq!(healthz(&mesh).status, 500);
+    assert_eq!(mesh.ingress_get("/healthz").unwrap().status, 500);
     let admin_ready = http::get(
         &http::agent(),
         &format!("{}/ready", mesh.ready.ingress_admin),
@@ -154,7 +145,7 @@ fn an_unknown_plugin_name_is_refused_and_envoy_keeps_serving() {
     // requests pass authz, routing and telemetry again.
     mesh.update_plugin(&plugin("telemetry")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while healthz(&mesh).status != 200 {
+    while mesh.ingress_get("/healthz").unwrap().status != 200 {
         assert!(
             Instant::now() < deadline,
             "the fixed pluginName was not picked up"

@@ -135,15 +135,18 @@ impl SharedStore for MemoryStore {
 mod tests {
     use super::*;
 
+    /// The update of a decimal counter: the next value, stored and returned.
+    fn bump(current: Option<&[u8]>) -> (Option<Vec<u8>>, u64) {
+        let n = current
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        (Some(n.to_string().into_bytes()), n)
+    }
+
     fn increment(store: &impl SharedStore) -> Result<u64, StoreError> {
-        update(store, "n", 8, |current| {
-            let n = current
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0)
-                + 1;
-            (Some(n.to_string().into_bytes()), n)
-        })
+        update(store, "n", 8, bump)
     }
 
     #[test]
@@ -212,14 +215,7 @@ mod tests {
         increment(&store).unwrap();
         let stale = store.get("n").unwrap();
         increment(&store).unwrap();
-        let written = update_from(&store, "n", stale, 2, |current| {
-            let n = current
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0)
-                + 1;
-            (Some(n.to_string().into_bytes()), n)
-        });
+        let written = update_from(&store, "n", stale, 2, bump);
         assert_eq!(written, Ok(3));
     }
 
