@@ -8,9 +8,9 @@ use crate::keys::KeySet;
 use crate::token::{self, Location};
 use meshwasm_shared::metrics::{tagged_name, Metrics};
 use meshwasm_shared::shared_data::HostStore;
-use meshwasm_shared::{filter_state, headers};
+use meshwasm_shared::{filter_state, headers, host_headers};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use proxy_wasm::types::{Action, ContextType, MapType};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -214,8 +214,7 @@ fn read_fetch_response(
     context: &dyn Context,
     body_size: usize,
 ) -> (Option<String>, Option<Vec<u8>>) {
-    let status = context
-        .get_http_call_response_headers()
+    let status = host_headers::map(MapType::HttpCallResponseHeaders)
         .into_iter()
         .find(|(name, _)| name == ":status")
         .map(|(_, value)| value);
@@ -317,7 +316,7 @@ pub struct AuthzRequest {
 
 impl AuthzRequest {
     fn decide(&self, state: &mut State) -> Outcome {
-        let request_headers = self.get_http_request_headers();
+        let request_headers = host_headers::request();
         let pseudo = |name: &str| {
             headers::find(&request_headers, name)
                 .unwrap_or_default()
@@ -337,11 +336,11 @@ impl AuthzRequest {
 
     fn deny(&self, state: &mut State, denial: &Denial) {
         // The query string may carry the token: log the path only.
-        let raw_path = self.get_http_request_header(":path").unwrap_or_default();
+        let raw_path = host_headers::request_value(":path").unwrap_or_default();
         let (path, _) = headers::split_path(&raw_path);
         log::info!(
             "authz: denied {} {path}: {} ({})",
-            self.get_http_request_header(":method").unwrap_or_default(),
+            host_headers::request_value(":method").unwrap_or_default(),
             denial.problem.kind,
             denial.problem.detail
         );
@@ -359,7 +358,7 @@ impl AuthzRequest {
         match location {
             Location::Header { name, .. } => self.set_http_request_header(name, None),
             Location::Param(name) => {
-                let raw = self.get_http_request_header(":path").unwrap_or_default();
+                let raw = host_headers::request_value(":path").unwrap_or_default();
                 if let (path, Some(query)) = headers::split_path(&raw) {
                     let rest = headers::remove_query_param(query, name);
                     let rewritten = if rest.is_empty() {
@@ -371,8 +370,7 @@ impl AuthzRequest {
                 }
             }
             Location::Cookie(name) => {
-                let joined = self
-                    .get_http_request_headers()
+                let joined = host_headers::request()
                     .into_iter()
                     .filter(|(key, _)| key == "cookie")
                     .map(|(_, value)| value)

@@ -6,7 +6,7 @@ use crate::breaker::{Admission, Outcome, Rejection, State, Ticket, Transition};
 use crate::config::{Config, Fallback};
 use crate::policy::{self, Active, KeySource, Policies, Request, Response};
 use crate::store::{Admit, Breakers, Namespace};
-use meshwasm_shared::filter_state;
+use meshwasm_shared::{filter_state, host_headers};
 use meshwasm_shared::headers::{self, split_path};
 use meshwasm_shared::metrics::{tagged_name, Metrics};
 use meshwasm_shared::problem::Problem;
@@ -109,13 +109,6 @@ fn now_ms() -> u64 {
         .map_or(0, |since| {
             u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
         })
-}
-
-fn header(map: MapType, name: &str) -> Option<String> {
-    match hostcalls::get_map_value_bytes(map, name) {
-        Ok(Some(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-        _ => None,
-    }
 }
 
 impl Context for BreakerRoot {}
@@ -394,7 +387,7 @@ impl HttpContext for BreakerStream {
             return Action::Continue;
         };
         let host = Host {
-            request_headers: self.get_http_request_headers(),
+            request_headers: host_headers::request(),
         };
         let pseudo = |name| headers::find(&host.request_headers, name).unwrap_or_default();
         let (path, _) = split_path(pseudo(":path"));
@@ -460,7 +453,7 @@ impl HttpContext for BreakerStream {
         if self.admitted.is_none() {
             return Action::Continue;
         }
-        let status = header(MapType::HttpResponseHeaders, ":status")
+        let status = host_headers::value(MapType::HttpResponseHeaders, ":status")
             .and_then(|status| status.parse::<u16>().ok());
         self.finish(status, policy::failure_details_matter_at_headers(status));
         Action::Continue

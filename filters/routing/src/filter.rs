@@ -4,7 +4,7 @@
 use crate::config::{ClaimsSource, Config};
 use crate::engine::{Decision, Outcome, RequestView, Router};
 use meshwasm_shared::metrics::{tagged_name, Metrics};
-use meshwasm_shared::{filter_state, headers};
+use meshwasm_shared::{filter_state, headers, host_headers};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MapType};
@@ -71,10 +71,7 @@ impl Context for RoutingHttp {}
 
 impl HttpContext for RoutingHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Ok(mut request_headers) = hostcalls::get_map(MapType::HttpRequestHeaders) else {
-            log::warn!("routing: request headers unavailable");
-            return Action::Continue;
-        };
+        let mut request_headers = host_headers::request();
         let mut changed = self.strip_owned_headers(&mut request_headers);
         let claims = self.verified_claims(&request_headers);
         let pseudo = |name: &str| headers::find(&request_headers, name).unwrap_or("");

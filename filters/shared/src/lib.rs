@@ -9,6 +9,7 @@ pub mod config;
 pub mod duration;
 pub mod filter_state;
 pub mod headers;
+pub mod host_headers;
 pub mod host_log;
 pub mod metrics;
 pub mod path_pattern;

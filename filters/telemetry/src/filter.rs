@@ -14,10 +14,10 @@ use crate::report::{
 use crate::trace::{self, Incoming, Origin, TraceContext};
 use meshwasm_shared::metrics::Metrics;
 use meshwasm_shared::shared_data::HostStore;
-use meshwasm_shared::{filter_state, headers, host_log};
+use meshwasm_shared::{filter_state, headers, host_headers, host_log};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
@@ -242,7 +242,7 @@ impl HttpContext for TelemetryHttp {
         let peer_headers = vm.config.peer_headers;
 
         // One copy of the header map instead of a host call per header.
-        let request_headers = self.get_http_request_headers();
+        let request_headers = host_headers::request();
         let header = |name| headers::find(&request_headers, name);
         let route = route_label(&vm.config.routes, header(":path").unwrap_or_default()).to_owned();
         let method = method_label(header(":method").unwrap_or_default());
@@ -300,7 +300,7 @@ impl HttpContext for TelemetryHttp {
         let mut vm = state.borrow_mut();
         if vm.config.peer_headers {
             if !request.destination_resolved {
-                let answered_by = self.get_http_response_header(WORKLOAD_HEADER);
+                let answered_by = host_headers::value(MapType::HttpResponseHeaders, WORKLOAD_HEADER);
                 self.set_http_response_header(WORKLOAD_HEADER, None);
                 request.labels.destination_workload =
                     vm.bounded(TAG_DESTINATION_WORKLOAD, answered_by.as_deref());

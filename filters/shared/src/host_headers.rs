@@ -1,0 +1,155 @@
+//! Header maps read from Envoy without assuming they are UTF-8.
+//!
+//! HTTP allows any byte from 0x80 up in a header value (obs-text) and Envoy
+//! passes such values through, but the proxy-wasm SDK's header getters
+//! `unwrap()` a UTF-8 conversion: one request carrying `x-name: caf\xe9`
+//! panics the VM, and every later request on that worker then fails as the
+//! plugin's fail strategy says. These readers turn invalid bytes into U+FFFD
+//! instead, so such a value simply matches no configured string.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MapType;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+}
+
+/// Decodes proxy-wasm's header-map serialisation: a little-endian `u32` pair
+/// count, each pair's name and value lengths (`u32` each), then every name
+/// and value followed by a NUL. Invalid UTF-8 becomes U+FFFD; a truncated
+/// buffer yields the pairs that are complete, NUL included.
+pub fn decode_map(bytes: &[u8]) -> Vec<(String, String)> {
+    let read_u32 = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let Some(count) = read_u32(0) else {
+        return Vec::new();
+    };
+    let mut data = 4usize.saturating_add(count.saturating_mul(8));
+    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
+    for index in 0..count {
+        let lengths = 4 + index * 8;
+        let (Some(name_len), Some(value_len)) = (read_u32(lengths), read_u32(lengths + 4)) else {
+            break;
+        };
+        let mut take = |len: usize| {
+            let end = data.checked_add(len)?;
+            let text = bytes.get(data..end)?;
+            if bytes.get(end) != Some(&0) {
+                return None;
+            }
+            data = end + 1;
+            Some(String::from_utf8_lossy(text).into_owned())
+        };
+        let (Some(name), Some(value)) = (take(name_len), take(value_len)) else {
+            break;
+        };
+        pairs.push((name, value));
+    }
+    pairs
+}
+
+/// Glue: every pair of a header map of the current stream (or, for
+/// `HttpCallResponseHeaders`, of the HTTP call being answered).
+pub fn map(map_type: MapType) -> Vec<(String, String)> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size = 0usize;
+    // SAFETY: on success the host hands over a buffer of `size` bytes it
+    // allocated through the SDK's `proxy_on_memory_allocate` (a forgotten
+    // `Vec<u8>` of that capacity), which this function now owns.
+    let status = unsafe { proxy_get_header_map_pairs(map_type as u32, &mut data, &mut size) };
+    if status != 0 || data.is_null() {
+        return Vec::new();
+    }
+    let buffer = unsafe { Vec::from_raw_parts(data, size, size) };
+    decode_map(&buffer)
+}
+
+/// Glue: the first value of header `name` in a map of the current stream.
+pub fn value(map_type: MapType, name: &str) -> Option<String> {
+    match hostcalls::get_map_value_bytes(map_type, name) {
+        Ok(Some(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        _ => None,
+    }
+}
+
+/// Glue: the current request's headers.
+pub fn request() -> Vec<(String, String)> {
+    map(MapType::HttpRequestHeaders)
+}
+
+/// Glue: one header of the current request.
+pub fn request_value(name: &str) -> Option<String> {
+    value(MapType::HttpRequestHeaders, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (name, value) in pairs {
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        }
+        for (name, value) in pairs {
+            out.extend_from_slice(name);
+            out.push(0);
+            out.extend_from_slice(value);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn decodes_pairs_in_order() {
+        let bytes = encode(&[(b":path", b"/orders?a=1"), (b"x-empty", b""), (b"x-a", b"2")]);
+        assert_eq!(
+            decode_map(&bytes),
+            vec![
+                (":path".to_owned(), "/orders?a=1".to_owned()),
+                ("x-empty".to_owned(), String::new()),
+                ("x-a".to_owned(), "2".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_become_replacement_characters() {
+        let bytes = encode(&[(b"x-name", b"caf\xe9"), (b"x-next", b"ok")]);
+        assert_eq!(
+            decode_map(&bytes),
+            vec![
+                ("x-name".to_owned(), "caf\u{fffd}".to_owned()),
+                ("x-next".to_owned(), "ok".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_truncated_buffers_yield_the_complete_pairs_only() {
+        assert!(decode_map(&[]).is_empty());
+        assert!(decode_map(&[1, 0]).is_empty());
+        let bytes = encode(&[(b"x-a", b"1"), (b"x-b", b"22")]);
+        for cut in 0..bytes.len() {
+            let pairs = decode_map(&bytes[..cut]);
+            assert!(pairs.len() <= 1, "cut at {cut}: {pairs:?}");
+        }
+        assert_eq!(decode_map(&bytes).len(), 2);
+    }
+
+    #[test]
+    fn a_count_larger_than_the_buffer_does_not_allocate_or_panic() {
+        let mut bytes = encode(&[(b"x-a", b"1")]);
+        bytes[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_map(&bytes).len() <= 1);
+    }
+}
