@@ -98,3 +98,41 @@ pub fn send(
             .with_context(|| format!("{method} {url}"))?,
     )
 }
+
+/// Sends one HTTP/1.1 request written byte for byte (header values need not be
+/// UTF-8, which no client library allows) to `base_url` (`http://host:port`)
+/// and returns the response status.
+pub fn raw_status(
+    base_url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &str,
+) -> Result<u16> {
+    use std::io::{Read, Write};
+    let address = base_url
+        .strip_prefix("http://")
+        .with_context(|| format!("not an http:// URL: {base_url}"))?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n")
+            .into_bytes();
+    for (name, value) in headers {
+        request.extend_from_slice(name.as_bytes());
+        request.extend_from_slice(b": ");
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(format!("content-length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    let mut stream =
+        std::net::TcpStream::connect(address).with_context(|| format!("connect {address}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.write_all(&request)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let status_line = answer.split(|b| *b == b'\n').next().unwrap_or_default();
+    String::from_utf8_lossy(status_line)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status line in {:?}", String::from_utf8_lossy(&answer)))
+}

@@ -349,3 +349,59 @@ fn mesh_up_writes_the_ready_file_and_stops_everything_on_ctrl_c() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// HTTP lets header values carry bytes from 0x80 up (obs-text) and Envoy
+/// passes them on; the proxy-wasm SDK's header getters panic on them. One
+/// such request through the ingress (authz, routing, telemetry) and order's
+/// sidecar (circuit breaker, routing, telemetry) is served, and later
+/// requests still are.
+#[test]
+fn header_values_that_are_not_utf8_crash_no_filter() {
+    let mesh = start(&[]);
+    let auth = bearer();
+    let body = json!({"sku": "sku-1", "quantity": 1, "user": "alice"}).to_string();
+    let latin1: &[u8] = b"caf\xe9";
+    let status = http::raw_status(
+        &mesh.ready.ingress,
+        "POST",
+        "/orders",
+        &[
+            ("authorization", auth.as_bytes()),
+            ("content-type", b"application/json"),
+            ("x-user", latin1),
+            ("x-tenant-id", b"\xff\xfe"),
+            ("x-note", latin1),
+        ],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(status, 201, "an order with non-UTF-8 header values");
+
+    let mut bad_token = b"Bearer ".to_vec();
+    bad_token.extend_from_slice(latin1);
+    let status = http::raw_status(
+        &mesh.ready.ingress,
+        "POST",
+        "/orders",
+        &[
+            ("authorization", &bad_token),
+            ("content-type", b"application/json"),
+        ],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(status, 401, "a token that is not UTF-8 is an invalid token");
+
+    let after = place_order(&mesh, &[]);
+    assert_eq!(after.status, 201, "{}", after.body);
+    for process in mesh.process_names() {
+        let log = mesh.log(&process);
+        let crashes: Vec<&str> = log
+            .lines()
+            .filter(|line| {
+                line.contains("panicked") || (line.contains("[critical]") && line.contains("wasm"))
+            })
+            .collect();
+        assert!(crashes.is_empty(), "{process}: {crashes:#?}");
+    }
+}

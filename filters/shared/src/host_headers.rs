@@ -111,7 +111,11 @@ mod tests {
 
     #[test]
     fn decodes_pairs_in_order() {
-        let bytes = encode(&[(b":path", b"/orders?a=1"), (b"x-empty", b""), (b"x-a", b"2")]);
+        let bytes = encode(&[
+            (b":path", b"/orders?a=1"),
+            (b"x-empty", b""),
+            (b"x-a", b"2"),
+        ]);
         assert_eq!(
             decode_map(&bytes),
             vec![

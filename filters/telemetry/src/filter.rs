@@ -300,7 +300,8 @@ impl HttpContext for TelemetryHttp {
         let mut vm = state.borrow_mut();
         if vm.config.peer_headers {
             if !request.destination_resolved {
-                let answered_by = host_headers::value(MapType::HttpResponseHeaders, WORKLOAD_HEADER);
+                let answered_by =
+                    host_headers::value(MapType::HttpResponseHeaders, WORKLOAD_HEADER);
                 self.set_http_response_header(WORKLOAD_HEADER, None);
                 request.labels.destination_workload =
                     vm.bounded(TAG_DESTINATION_WORKLOAD, answered_by.as_deref());
