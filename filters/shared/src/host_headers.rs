@@ -46,7 +46,7 @@ pub fn decode_map(bytes: &[u8]) -> Vec<(String, String)> {
                 return None;
             }
             data = end + 1;
-            Some(String::from_utf8_lossy(text).into_owned())
+            Some(text_of(text))
         };
         let (Some(name), Some(value)) = (take(name_len), take(value_len)) else {
             break;
@@ -54,6 +54,15 @@ pub fn decode_map(bytes: &[u8]) -> Vec<(String, String)> {
         pairs.push((name, value));
     }
     pairs
+}
+
+/// `bytes` as text; invalid UTF-8 as U+FFFD. Valid text (nearly always)
+/// takes `from_utf8`'s fast path, several times quicker than the lossy scan.
+fn text_of(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 /// Glue: every pair of a header map of the current stream (or, for
@@ -75,7 +84,9 @@ pub fn map(map_type: MapType) -> Vec<(String, String)> {
 /// Glue: the first value of header `name` in a map of the current stream.
 pub fn value(map_type: MapType, name: &str) -> Option<String> {
     match hostcalls::get_map_value_bytes(map_type, name) {
-        Ok(Some(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        Ok(Some(bytes)) => Some(String::from_utf8(bytes).unwrap_or_else(|err| {
+            String::from_utf8_lossy(err.as_bytes()).into_owned()
+        })),
         _ => None,
     }
 }
