@@ -107,7 +107,8 @@ test: lint test-unit test-e2e
 
 # Per-filter cost on real Envoy, side by side with native filters (bench/run.py, BENCHMARKS.md).
 # BENCH_QUICK=1: 1 s runs, 1 repetition; BENCH_VARIANTS=authz,native-jwt-rbac picks variants;
-# BENCH_PRICES=1: the host-call price list (bench/hostcall-probe) instead of the filters.
+# BENCH_PRICES=1: the host-call price list (bench/hostcall-probe) instead of the filters;
+# BENCH_PROFILE=1: also where each variant's CPU goes (perf cpu-clock call stacks).
 BENCH_VENV := $(TOOLS)/bench-venv
 NOOP_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_noop_filter.wasm
 PROBE_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_hostcall_probe.wasm
@@ -120,6 +121,10 @@ bench: build envoy $(BENCH_VENV)/bin/python
 	  $$SUDO apt-get update -qq; \
 	  $$SUDO apt-get install -y -qq wrk openssl >/dev/null || exit 1; \
 	  $$SUDO apt-get install -y -qq gnuplot-nox >/dev/null || echo "gnuplot unavailable: no chart"; \
+	fi; \
+	if [ -n "$(BENCH_PROFILE)" ] && [ "$(BENCH_PROFILE)" != 0 ] && ! command -v perf >/dev/null; then \
+	  echo "installing linux-perf (BENCH_PROFILE)"; \
+	  $$SUDO apt-get install -y -qq linux-perf >/dev/null || exit 1; \
 	fi
 	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) -p bench-noop-filter -p bench-hostcall-probe
 	cargo build --release -p loadgen

@@ -30,6 +30,13 @@ Open loop: BENCH_OPEN=0 (skip), BENCH_OPEN_LOAD (percentages of the slowest
 non-miss ceiling, default 25,50,75; 50 with BENCH_QUICK), BENCH_OPEN_RATES (absolute
 req/s instead, e.g. 1000,2000), BENCH_OPEN_DURATION (s per rate, default 2), BENCH_OPEN_REPS (default 1). Needs `--loadgen`.
 
+Where the CPU goes: BENCH_PROFILE=1 adds a phase that samples each variant's
+Envoy with `perf record -e cpu-clock -g` (a software clock: no PMU needed)
+while wrk drives it, and splits Envoy's CPU per request by call stack: wasm
+code (V8-compiled, in anonymous executable memory), host calls made from it
+(Envoy code with a wasm frame below), Envoy outside any wasm call, kernel,
+and the rest (libc, vdso). Needs `perf` (Debian's linux-perf).
+
 Host-call price list: BENCH_PRICES=1 (or `prices` in BENCH_VARIANTS) runs
 bench/hostcall-probe (`--probe`) once per host operation with the operation
 made once and BENCH_PRICE_COUNT times (default 20) per request, next to the
@@ -865,6 +872,105 @@ def measure(binary, variant, workdir, scripts, settings):
         envoy.stop()
 
 
+# ---------------------------------------------------------------- where the CPU goes (perf)
+
+PROFILE_BUCKETS = ("wasm", "host", "envoy", "kernel", "other")
+
+
+def classify_stack(frames):
+    """The bucket of one sampled call stack (leaf first; each frame the
+    `(dso)` part of a `perf script -F ip,dso` line). V8's compiled wasm lives
+    in anonymous executable memory, which perf names `perf-<pid>.map`."""
+    if not frames:
+        return None
+    in_wasm = lambda frame: ".map)" in frame
+    leaf = frames[0]
+    if in_wasm(leaf):
+        return "wasm"
+    if "kernel" in leaf:
+        return "kernel"
+    if "/envoy)" in leaf:
+        return "host" if any(in_wasm(frame) for frame in frames[1:]) else "envoy"
+    return "other"
+
+
+def profile_buckets(perf_script_output):
+    """Sample counts per bucket from `perf script -F ip,dso` (stacks
+    separated by blank lines)."""
+    counts = dict.fromkeys(PROFILE_BUCKETS, 0)
+    for block in perf_script_output.split("\n\n"):
+        frames = [line.strip() for line in block.splitlines() if line.strip()]
+        bucket = classify_stack(frames)
+        if bucket:
+            counts[bucket] += 1
+    return counts
+
+
+def measure_profile(binary, variant, workdir, scripts, settings):
+    """µs of Envoy CPU per request in each bucket while wrk drives it."""
+    script, token, _ = scripts[(variant.algorithm, variant.unique_tokens)]
+    envoy, _ = start_envoy(binary, variant, workdir, settings)
+    data = workdir / f"{variant.name}.perf"
+    try:
+        check_answers(envoy, variant, token)
+        run_wrk(envoy.listen_port, settings["warmup"], settings["connections"], script, settings["pin"], False)
+        seconds = settings["duration"]
+        load = subprocess.Popen(
+            pinned(1, ["wrk", "-t1", f"-c{settings['connections']}", f"-d{seconds + 2}s", "-s", str(script),
+                       f"http://127.0.0.1:{envoy.listen_port}{REQUEST_PATH}"], settings["pin"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.5)
+            cpu_before, requests_before = cpu_seconds(envoy.pid), requests_counted(envoy.admin_port)
+            subprocess.run(
+                ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g", "-o", str(data),
+                 "-p", str(envoy.pid), "--", "sleep", str(seconds)],
+                check=True, capture_output=True, timeout=seconds + 30,
+            )
+            cpu_after, requests_after = cpu_seconds(envoy.pid), requests_counted(envoy.admin_port)
+        finally:
+            load.wait(timeout=seconds + 30)
+        output = subprocess.run(
+            ["perf", "script", "-i", str(data), "-F", "ip,dso"], check=True, capture_output=True, text=True
+        ).stdout
+    finally:
+        envoy.stop()
+        data.unlink(missing_ok=True)
+    counts = profile_buckets(output)
+    samples = sum(counts.values())
+    served = requests_after - requests_before
+    if not samples or not served:
+        raise RuntimeError("no perf samples or no requests during the profile")
+    cpu_us = (cpu_after - cpu_before) * 1e6 / served
+    return {bucket: cpu_us * counts[bucket] / samples for bucket in PROFILE_BUCKETS} | {
+        "total": cpu_us,
+        "samples": samples,
+    }
+
+
+def profile_markdown(variants, profiles, settings):
+    rows = [
+        "| variant | Envoy CPU µs/req | wasm code | host calls from wasm | Envoy outside wasm | kernel | other |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for variant in variants:
+        row = profiles.get(variant.name)
+        if row:
+            rows.append(
+                f"| `{variant.name}` | {fmt(row['total'])} | "
+                + " | ".join(fmt(row[bucket]) for bucket in PROFILE_BUCKETS)
+                + " |"
+            )
+    return (
+        "## Where the CPU goes (perf cpu-clock, call stacks)\n\n"
+        f"One run per variant, {settings['duration']} s sampled at 1999 Hz while `wrk -c{settings['connections']}` "
+        "drives Envoy; each bucket is Envoy's CPU per request times its share of the samples.\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
 # ---------------------------------------------------------------- open loop (loadgen)
 
 
@@ -1262,7 +1368,10 @@ def main():
         "open_duration": int(os.environ.get("BENCH_OPEN_DURATION", 2)),
         "open_reps": int(os.environ.get("BENCH_OPEN_REPS", 1)),
         "pin": bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2,
+        "profile": os.environ.get("BENCH_PROFILE", "") not in ("", "0"),
     }
+    if settings["profile"] and not shutil.which("perf"):
+        sys.exit("BENCH_PROFILE=1 needs perf (apt-get install linux-perf)")
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
     if not settings["pin"]:
@@ -1353,6 +1462,20 @@ def run(args, settings, workdir):
                     + "  ".join(f"{rate}/s {r['p50_us']:.0f}/{r['p99_us']:.0f}" for rate, r in results.items())
                 )
         open_rows = summarise_open(open_variants, open_samples, rates)
+    profiles = {}
+    if settings["profile"]:
+        for variant in [v for v in variants if v.name in rows]:
+            try:
+                profiles[variant.name] = measure_profile(args.envoy, variant, workdir, scripts, settings)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+                failures.setdefault(variant.name, []).append(f"profile: {err}")
+                log(f"[profile] {variant.name}: FAILED: {err}")
+                continue
+            row = profiles[variant.name]
+            log(
+                f"[profile] {variant.name:28} {row['total']:6.1f} µs/req: "
+                + ", ".join(f"{bucket} {row[bucket]:.1f}" for bucket in PROFILE_BUCKETS)
+            )
     header = (
         f"Envoy {machine['envoy']}, {machine['cpu']}, {machine['cores']} cores, kernel {machine['kernel']}, "
         f"load average at start {machine['load']}. Envoy `--concurrency 1`"
@@ -1370,6 +1493,8 @@ def run(args, settings, workdir):
     if open_rows:
         text += "\n" + open_loop_markdown(open_variants, open_rows, rates, settings, slowest)
         write_open_csv(out / "open-loop.csv", open_variants, open_rows, rates)
+    if profiles:
+        text += "\n" + profile_markdown(variants, profiles, settings)
     price_rows = price_list(variants, by_rep, settings)
     if price_rows:
         text += "\n" + price_markdown(price_rows, settings)
