@@ -84,9 +84,10 @@ pub fn map(map_type: MapType) -> Vec<(String, String)> {
 /// Glue: the first value of header `name` in a map of the current stream.
 pub fn value(map_type: MapType, name: &str) -> Option<String> {
     match hostcalls::get_map_value_bytes(map_type, name) {
-        Ok(Some(bytes)) => Some(String::from_utf8(bytes).unwrap_or_else(|err| {
-            String::from_utf8_lossy(err.as_bytes()).into_owned()
-        })),
+        Ok(Some(bytes)) => Some(
+            String::from_utf8(bytes)
+                .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned()),
+        ),
         _ => None,
     }
 }
