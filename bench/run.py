@@ -37,6 +37,14 @@ code (V8-compiled, in anonymous executable memory), host calls made from it
 (Envoy code with a wasm frame below), Envoy outside any wasm call, kernel,
 and the rest (libc, vdso). Needs `perf` (Debian's linux-perf).
 
+Ratios in interleaved rounds: BENCH_ROUNDS=N (default 0: off) starts every
+variant's Envoy at once after phase 1, then runs N rounds in which each
+variant gets a 1 s wrk slice, in a new random order every round. A variant's
+added cost in a round is its CPU per request minus the empty chain's in the
+same round, and its ratio to native that over its native counterpart's:
+drift of a shared machine hits both sides of a ratio alike, which sequential
+runs cannot promise. Reported: medians and interquartile ranges over rounds.
+
 Host-call price list: BENCH_PRICES=1 (or `prices` in BENCH_VARIANTS) runs
 bench/hostcall-probe (`--probe`) once per host operation with the operation
 made once and BENCH_PRICE_COUNT times (default 20) per request, next to the
@@ -971,6 +979,96 @@ def profile_markdown(variants, profiles, settings):
     )
 
 
+# ---------------------------------------------------------------- interleaved rounds
+
+
+def quartiles(values):
+    """(first quartile, median, third quartile) of at least one value."""
+    ordered = sorted(values)
+    if len(ordered) < 4:
+        middle = statistics.median(ordered)
+        return ordered[0], middle, ordered[-1]
+    low, middle, high = statistics.quantiles(ordered, n=4)
+    return low, middle, high
+
+
+def round_summary(variants, per_round):
+    """Per variant: quartiles of its added µs/req and of its ratio to its
+    native counterpart, each computed round by round (`per_round` maps a
+    variant name to its CPU µs/req in every round; `empty` is required)."""
+    empty = per_round["empty"]
+    summary = {}
+    for variant in variants:
+        cpu = per_round.get(variant.name)
+        if not cpu or variant.name == "empty":
+            continue
+        added = [value - base for value, base in zip(cpu, empty)]
+        row = {"added": quartiles(added), "rounds": len(added), "x_native": None}
+        native = per_round.get(variant.native) if variant.native else None
+        if native:
+            ratios = [
+                mine / theirs
+                for mine, theirs in zip(added, (value - base for value, base in zip(native, empty)))
+                if theirs > 0
+            ]
+            if ratios:
+                row["x_native"] = quartiles(ratios)
+        summary[variant.name] = row
+    return summary
+
+
+def measure_rounds(binary, variants, workdir, scripts, settings):
+    """CPU µs/req of every variant in each of `settings["rounds"]` rounds of
+    1 s slices, all Envoys up at once (see the module docstring)."""
+    envoys = {}
+    per_round = {variant.name: [] for variant in variants}
+    try:
+        for variant in variants:
+            script, token, _ = scripts[(variant.algorithm, variant.unique_tokens)]
+            envoy, _ = start_envoy(binary, variant, workdir, settings)
+            envoys[variant.name] = envoy
+            check_answers(envoy, variant, token)
+            run_wrk(envoy.listen_port, settings["warmup"], settings["connections"], script, settings["pin"], False)
+        for _ in range(settings["rounds"]):
+            for variant in random.sample(variants, len(variants)):
+                envoy = envoys[variant.name]
+                script, _, _ = scripts[(variant.algorithm, variant.unique_tokens)]
+                cpu_before, requests_before = cpu_seconds(envoy.pid), requests_counted(envoy.admin_port)
+                run_wrk(envoy.listen_port, 1, settings["connections"], script, settings["pin"], False)
+                served = requests_counted(envoy.admin_port) - requests_before
+                per_round[variant.name].append(
+                    (cpu_seconds(envoy.pid) - cpu_before) * 1e6 / served if served else float("nan")
+                )
+    finally:
+        for envoy in envoys.values():
+            envoy.stop()
+    return per_round
+
+
+def rounds_markdown(variants, summary, settings):
+    rows = [
+        "| variant | added µs/req (median) | interquartile range | × native (median) | interquartile range |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for variant in variants:
+        row = summary.get(variant.name)
+        if not row:
+            continue
+        low, middle, high = row["added"]
+        ratio = row["x_native"]
+        rows.append(
+            f"| `{variant.name}` | {fmt(middle)} | {fmt(low)} – {fmt(high)} | "
+            + (f"{fmt(ratio[1], 2)} (vs `{variant.native}`) | {fmt(ratio[0], 2)} – {fmt(ratio[2], 2)} |" if ratio else "– | – |")
+        )
+    return (
+        "## Interleaved rounds\n\n"
+        f"{settings['rounds']} rounds, every variant's Envoy up at once, a 1 s `wrk -c{settings['connections']}` "
+        "slice per variant per round in random order; added cost and ratio computed within each round.\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
 # ---------------------------------------------------------------- open loop (loadgen)
 
 
@@ -1369,6 +1467,7 @@ def main():
         "open_reps": int(os.environ.get("BENCH_OPEN_REPS", 1)),
         "pin": bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2,
         "profile": os.environ.get("BENCH_PROFILE", "") not in ("", "0"),
+        "rounds": int(os.environ.get("BENCH_ROUNDS", 0)),
     }
     if settings["profile"] and not shutil.which("perf"):
         sys.exit("BENCH_PROFILE=1 needs perf (apt-get install linux-perf)")
@@ -1462,6 +1561,22 @@ def run(args, settings, workdir):
                     + "  ".join(f"{rate}/s {r['p50_us']:.0f}/{r['p99_us']:.0f}" for rate, r in results.items())
                 )
         open_rows = summarise_open(open_variants, open_samples, rates)
+    round_rows = {}
+    if settings["rounds"] > 0 and "empty" in rows:
+        round_variants = [v for v in variants if v.name in rows]
+        log(f"interleaved rounds: {len(round_variants)} Envoys up at once, {settings['rounds']} rounds of 1 s slices")
+        try:
+            per_round = measure_rounds(args.envoy, round_variants, workdir, scripts, settings)
+            round_rows = round_summary(round_variants, per_round)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+            failures.setdefault("rounds", []).append(str(err))
+            log(f"[rounds] FAILED: {err}")
+        for name, row in round_rows.items():
+            ratio = row["x_native"]
+            log(
+                f"[rounds] {name:28} added {row['added'][1]:6.1f} µs/req"
+                + (f"  × native {ratio[1]:.2f} ({ratio[0]:.2f}–{ratio[2]:.2f})" if ratio else "")
+            )
     profiles = {}
     if settings["profile"]:
         for variant in [v for v in variants if v.name in rows]:
@@ -1493,6 +1608,8 @@ def run(args, settings, workdir):
     if open_rows:
         text += "\n" + open_loop_markdown(open_variants, open_rows, rates, settings, slowest)
         write_open_csv(out / "open-loop.csv", open_variants, open_rows, rates)
+    if round_rows:
+        text += "\n" + rounds_markdown(variants, round_rows, settings)
     if profiles:
         text += "\n" + profile_markdown(variants, profiles, settings)
     price_rows = price_list(variants, by_rep, settings)
