@@ -19,7 +19,7 @@ FILTERS := routing authz circuit-breaker telemetry
 DIST := $(CURDIR)/dist
 SUITE_TARGET := $(CURDIR)/target/suite
 
-.PHONY: setup build apps test test-unit test-e2e lint demo mesh token clean
+.PHONY: setup build apps test test-unit test-bench test-e2e lint demo mesh token clean
 .PHONY: bench
 
 setup: $(TOOLS)/.wasm-target $(TOOLS)/.clang envoy
@@ -103,7 +103,7 @@ test-e2e: build apps $(call envoy_bin,$(ENVOY_OLDEST)) $(call envoy_bin,$(ENVOY_
 	    cargo test -p meshwasm-integration --test '*' -- --test-threads 1 || exit 1; \
 	done
 
-test: lint test-unit test-e2e
+test: lint test-unit test-bench test-e2e
 
 # Per-filter cost on real Envoy, side by side with native filters (bench/run.py, BENCHMARKS.md).
 # BENCH_QUICK=1: 1 s runs, 1 repetition; BENCH_VARIANTS=authz,native-jwt-rbac picks variants;
@@ -135,6 +135,10 @@ bench: build envoy $(BENCH_VENV)/bin/python
 $(BENCH_VENV)/bin/python:
 	python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check pyyaml==6.0.3
+
+# bench/run.py's pure parts: output parsing, perf call-stack buckets, round statistics.
+test-bench: $(BENCH_VENV)/bin/python
+	$(BENCH_VENV)/bin/python -m unittest discover -s bench -p 'test_*.py'
 
 clean:
 	cargo clean
