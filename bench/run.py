@@ -992,27 +992,34 @@ def quartiles(values):
     return low, middle, high
 
 
+def round_ratios(mine, theirs):
+    """Quartiles of mine[i] / theirs[i] over the rounds where theirs[i] > 0."""
+    ratios = [a / b for a, b in zip(mine, theirs) if b > 0]
+    return quartiles(ratios) if ratios else None
+
+
 def round_summary(variants, per_round):
     """Per variant: quartiles of its added µs/req and of its ratio to its
     native counterpart, each computed round by round (`per_round` maps a
-    variant name to its CPU µs/req in every round; `empty` is required)."""
+    variant name to its CPU µs/req in every round; `empty` is required).
+    With `noop-wasm` measured too, also the ratio of what the variant adds
+    over the no-op wasm floor to what native adds over the empty chain."""
     empty = per_round["empty"]
+    floor = per_round.get("noop-wasm")
     summary = {}
     for variant in variants:
         cpu = per_round.get(variant.name)
         if not cpu or variant.name == "empty":
             continue
         added = [value - base for value, base in zip(cpu, empty)]
-        row = {"added": quartiles(added), "rounds": len(added), "x_native": None}
+        row = {"added": quartiles(added), "rounds": len(added), "x_native": None, "x_native_over_floor": None}
         native = per_round.get(variant.native) if variant.native else None
         if native:
-            ratios = [
-                mine / theirs
-                for mine, theirs in zip(added, (value - base for value, base in zip(native, empty)))
-                if theirs > 0
-            ]
-            if ratios:
-                row["x_native"] = quartiles(ratios)
+            native_added = [value - base for value, base in zip(native, empty)]
+            row["x_native"] = round_ratios(added, native_added)
+            if floor:
+                over_floor = [value - base for value, base in zip(cpu, floor)]
+                row["x_native_over_floor"] = round_ratios(over_floor, native_added)
         summary[variant.name] = row
     return summary
 
@@ -1047,23 +1054,29 @@ def measure_rounds(binary, variants, workdir, scripts, settings):
 
 def rounds_markdown(variants, summary, settings):
     rows = [
-        "| variant | added µs/req (median) | interquartile range | × native (median) | interquartile range |",
+        "| variant | added µs/req (median) | interquartile range | × native (median, IQR) "
+        "| × native over the no-op floor (median, IQR) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
+
+    def ratio_cell(ratio):
+        return f"{fmt(ratio[1], 2)} ({fmt(ratio[0], 2)} – {fmt(ratio[2], 2)})" if ratio else "–"
+
     for variant in variants:
         row = summary.get(variant.name)
         if not row:
             continue
         low, middle, high = row["added"]
-        ratio = row["x_native"]
         rows.append(
-            f"| `{variant.name}` | {fmt(middle)} | {fmt(low)} – {fmt(high)} | "
-            + (f"{fmt(ratio[1], 2)} (vs `{variant.native}`) | {fmt(ratio[0], 2)} – {fmt(ratio[2], 2)} |" if ratio else "– | – |")
+            f"| `{variant.name}` | {fmt(middle)} | {fmt(low)} – {fmt(high)} | {ratio_cell(row['x_native'])} "
+            f"| {ratio_cell(row['x_native_over_floor'])} |"
         )
     return (
         "## Interleaved rounds\n\n"
         f"{settings['rounds']} rounds, every variant's Envoy up at once, a 1 s `wrk -c{settings['connections']}` "
-        "slice per variant per round in random order; added cost and ratio computed within each round.\n\n"
+        "slice per variant per round in random order; added cost and ratios computed within each round. "
+        "*Over the no-op floor*: what the variant adds over `noop-wasm` divided by what its native "
+        "counterpart adds over the empty chain.\n\n"
         + "\n".join(rows)
         + "\n"
     )
@@ -1572,10 +1585,11 @@ def run(args, settings, workdir):
             failures.setdefault("rounds", []).append(str(err))
             log(f"[rounds] FAILED: {err}")
         for name, row in round_rows.items():
-            ratio = row["x_native"]
+            ratio, over_floor = row["x_native"], row["x_native_over_floor"]
             log(
                 f"[rounds] {name:28} added {row['added'][1]:6.1f} µs/req"
                 + (f"  × native {ratio[1]:.2f} ({ratio[0]:.2f}–{ratio[2]:.2f})" if ratio else "")
+                + (f"  over the floor {over_floor[1]:.2f}" if over_floor else "")
             )
     profiles = {}
     if settings["profile"]:

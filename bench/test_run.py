@@ -63,6 +63,18 @@ class Rounds(unittest.TestCase):
         self.assertEqual(summary["filter"]["rounds"], 4)
         self.assertIsNone(summary["native"]["x_native"])
 
+    def test_the_ratio_over_the_noop_floor_needs_the_noop_variant(self):
+        empty = run.Variant("empty", "", [])
+        noop = run.Variant("noop-wasm", "", [])
+        native = run.Variant("native", "", [])
+        filt = run.Variant("filter", "", [], native="native")
+        per_round = {"empty": [40.0, 80.0], "native": [50.0, 90.0], "filter": [70.0, 110.0]}
+        self.assertIsNone(run.round_summary([empty, native, filt], per_round)["filter"]["x_native_over_floor"])
+        per_round["noop-wasm"] = [55.0, 95.0]
+        summary = run.round_summary([empty, noop, native, filt], per_round)
+        self.assertEqual(summary["filter"]["x_native"], (3.0, 3.0, 3.0))
+        self.assertEqual(summary["filter"]["x_native_over_floor"], (1.5, 1.5, 1.5))
+
     def test_rounds_where_native_adds_nothing_give_no_ratio(self):
         empty = run.Variant("empty", "", [])
         native = run.Variant("native", "", [])
