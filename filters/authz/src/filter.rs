@@ -314,33 +314,43 @@ pub struct AuthzRequest {
     fetch: Option<(u32, usize)>,
 }
 
+/// The request headers, copied from Envoy once per decision and used by
+/// everything that follows it (logging a denial, stripping the token).
+struct Incoming {
+    headers: Vec<(String, String)>,
+}
+
+impl Incoming {
+    fn read() -> Self {
+        Self {
+            headers: host_headers::request(),
+        }
+    }
+
+    fn pseudo(&self, name: &str) -> &str {
+        headers::find(&self.headers, name).unwrap_or_default()
+    }
+}
+
 impl AuthzRequest {
-    fn decide(&self, state: &mut State) -> Outcome {
-        let request_headers = host_headers::request();
-        let pseudo = |name: &str| {
-            headers::find(&request_headers, name)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let (method, authority, path) = (pseudo(":method"), pseudo(":authority"), pseudo(":path"));
+    fn decide(&self, state: &mut State, incoming: &Incoming) -> Outcome {
         let request = Request {
-            method: &method,
-            authority: &authority,
-            path: &path,
-            headers: &request_headers,
+            method: incoming.pseudo(":method"),
+            authority: incoming.pseudo(":authority"),
+            path: incoming.pseudo(":path"),
+            headers: &incoming.headers,
         };
         let now = now_secs(self);
         let State { engine, remote, .. } = state;
         engine.decide(&request, remote, &HostStore, now)
     }
 
-    fn deny(&self, state: &mut State, denial: &Denial) {
+    fn deny(&self, state: &mut State, denial: &Denial, incoming: &Incoming) {
         // The query string may carry the token: log the path only.
-        let raw_path = host_headers::request_value(":path").unwrap_or_default();
-        let (path, _) = headers::split_path(&raw_path);
+        let (path, _) = headers::split_path(incoming.pseudo(":path"));
         log::info!(
             "authz: denied {} {path}: {} ({})",
-            host_headers::request_value(":method").unwrap_or_default(),
+            incoming.pseudo(":method"),
             denial.problem.kind,
             denial.problem.detail
         );
@@ -354,12 +364,11 @@ impl AuthzRequest {
         }
     }
 
-    fn strip_token(&self, location: &Location) {
+    fn strip_token(&self, location: &Location, incoming: &Incoming) {
         match location {
             Location::Header { name, .. } => self.set_http_request_header(name, None),
             Location::Param(name) => {
-                let raw = host_headers::request_value(":path").unwrap_or_default();
-                if let (path, Some(query)) = headers::split_path(&raw) {
+                if let (path, Some(query)) = headers::split_path(incoming.pseudo(":path")) {
                     let rest = headers::remove_query_param(query, name);
                     let rewritten = if rest.is_empty() {
                         path.to_owned()
@@ -370,10 +379,11 @@ impl AuthzRequest {
                 }
             }
             Location::Cookie(name) => {
-                let joined = host_headers::request()
-                    .into_iter()
+                let joined = incoming
+                    .headers
+                    .iter()
                     .filter(|(key, _)| key == "cookie")
-                    .map(|(_, value)| value)
+                    .map(|(_, value)| value.as_str())
                     .collect::<Vec<_>>()
                     .join("; ");
                 let rest = token::remove_cookie(&joined, name);
@@ -382,9 +392,9 @@ impl AuthzRequest {
         }
     }
 
-    fn allow(&self, state: &mut State, allowed: Allowed) {
+    fn allow(&self, state: &mut State, allowed: Allowed, incoming: &Incoming) {
         if let Some(location) = &allowed.strip {
-            self.strip_token(location);
+            self.strip_token(location, incoming);
         }
         for (name, value) in &allowed.add_headers {
             self.set_http_request_header(name, Some(value));
@@ -422,22 +432,28 @@ impl AuthzRequest {
     }
 
     /// Applies an outcome; `true` when the request may continue now.
-    fn apply(&mut self, state: &mut State, outcome: Outcome, may_fetch: bool) -> bool {
+    fn apply(
+        &mut self,
+        state: &mut State,
+        outcome: Outcome,
+        may_fetch: bool,
+        incoming: &Incoming,
+    ) -> bool {
         match outcome {
             Outcome::Allow(allowed) => {
-                self.allow(state, allowed);
+                self.allow(state, allowed, incoming);
                 true
             }
             Outcome::Deny(denial) => {
-                self.deny(state, &denial);
+                self.deny(state, &denial, incoming);
                 false
             }
             Outcome::UnknownKey { provider } => {
                 // Another worker may have fetched the rotated set already.
                 state.sync_keys(provider);
-                let retried = self.decide(state);
+                let retried = self.decide(state, incoming);
                 if !matches!(retried, Outcome::UnknownKey { .. }) {
-                    return self.apply(state, retried, false);
+                    return self.apply(state, retried, false, incoming);
                 }
                 let now = now_secs(self);
                 if may_fetch {
@@ -450,7 +466,7 @@ impl AuthzRequest {
                 let denial = state
                     .engine
                     .token_denial(crate::verify::TokenError::UnknownKey);
-                self.deny(state, &denial);
+                self.deny(state, &denial, incoming);
                 false
             }
         }
@@ -478,8 +494,9 @@ impl Context for AuthzRequest {
         let now = now_secs(self);
         let mut state = state.borrow_mut();
         state.accept_fetch(provider, status.as_deref(), body, now);
-        let outcome = self.decide(&mut state);
-        if self.apply(&mut state, outcome, false) {
+        let incoming = Incoming::read();
+        let outcome = self.decide(&mut state, &incoming);
+        if self.apply(&mut state, outcome, false, &incoming) {
             self.resume_http_request();
         }
     }
@@ -498,8 +515,9 @@ impl HttpContext for AuthzRequest {
         for header in &state.engine.owned_headers {
             self.set_http_request_header(header, None);
         }
-        let outcome = self.decide(&mut state);
-        if self.apply(&mut state, outcome, true) {
+        let incoming = Incoming::read();
+        let outcome = self.decide(&mut state, &incoming);
+        if self.apply(&mut state, outcome, true, &incoming) {
             Action::Continue
         } else {
             Action::Pause

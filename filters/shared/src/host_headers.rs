@@ -97,11 +97,6 @@ pub fn request() -> Vec<(String, String)> {
     map(MapType::HttpRequestHeaders)
 }
 
-/// Glue: one header of the current request.
-pub fn request_value(name: &str) -> Option<String> {
-    value(MapType::HttpRequestHeaders, name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
