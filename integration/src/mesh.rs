@@ -356,6 +356,24 @@ impl Mesh {
         )
     }
 
+    /// Whether GET `path` through the ingress answers `status` within
+    /// `within` (polled: a config update takes a moment to reach Envoy).
+    pub fn ingress_answers_within(&self, path: &str, status: u16, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self
+                .ingress_get(path)
+                .is_ok_and(|response| response.status == status)
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn log(&self, process: &str) -> String {
         self.processes
             .iter()

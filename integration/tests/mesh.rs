@@ -250,14 +250,10 @@ fn a_refused_plugin_config_leaves_envoy_serving_and_a_fixed_one_is_picked_up() {
     assert_eq!(order_direct.status, 200);
 
     mesh.update_plugin(&plugin("{}")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while mesh.ingress_get("/healthz").unwrap().status != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "the fixed config was not picked up"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert!(
+        mesh.ingress_answers_within("/healthz", 200, Duration::from_secs(20)),
+        "the fixed config was not picked up"
+    );
     assert_eq!(
         mesh.stat("istio-ingressgateway", &format!("{filter}.update_success"))
             .unwrap(),
