@@ -796,11 +796,15 @@ def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def run_wrk(port, seconds, connections, script, pin, latency):
+def wrk_argv(port, seconds, connections, script, latency):
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script)]
     if latency:
         argv.append("--latency")
-    argv.append(f"http://127.0.0.1:{port}{REQUEST_PATH}")
+    return argv + [f"http://127.0.0.1:{port}{REQUEST_PATH}"]
+
+
+def run_wrk(port, seconds, connections, script, pin, latency):
+    argv = wrk_argv(port, seconds, connections, script, latency)
     done = subprocess.run(pinned(1, argv, pin), capture_output=True, text=True, timeout=seconds + 30)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed: {done.stderr.strip() or done.stdout.strip()}")
@@ -851,24 +855,49 @@ def check_answers(envoy, variant, token):
             )
 
 
-def measure(binary, variant, workdir, scripts, settings):
+class Usage:
+    """Envoy's CPU time and request count at one moment: the start of a
+    window over which CPU per request is measured."""
+
+    def __init__(self, envoy):
+        self.envoy = envoy
+        self.cpu = cpu_seconds(envoy.pid)
+        self.requests = requests_counted(envoy.admin_port)
+
+    def since(self):
+        """(Envoy CPU µs per request, requests served) since this reading."""
+        now = Usage(self.envoy)
+        served = now.requests - self.requests
+        return ((now.cpu - self.cpu) * 1e6 / served if served else float("nan")), served
+
+
+def warm_envoy(binary, variant, workdir, scripts, settings):
+    """A started Envoy (and its start-to-ready time) that answered as the
+    variant expects and got phase 1's warm-up; stopped again on failure."""
     script, token, _ = scripts[(variant.algorithm, variant.unique_tokens)]
     envoy, ready_s = start_envoy(binary, variant, workdir, settings)
     try:
         check_answers(envoy, variant, token)
         run_wrk(envoy.listen_port, settings["warmup"], settings["connections"], script, settings["pin"], False)
+    except BaseException:
+        envoy.stop()
+        raise
+    return envoy, ready_s
+
+
+def measure(binary, variant, workdir, scripts, settings):
+    script, _, _ = scripts[(variant.algorithm, variant.unique_tokens)]
+    envoy, ready_s = warm_envoy(binary, variant, workdir, scripts, settings)
+    try:
         rss = rss_mb(envoy.pid)
-        cpu_before = cpu_seconds(envoy.pid)
-        requests_before = requests_counted(envoy.admin_port)
+        usage = Usage(envoy)
         output = run_wrk(
             envoy.listen_port, settings["duration"], settings["connections"], script, settings["pin"], True
         )
-        cpu_after = cpu_seconds(envoy.pid)
-        requests_after = requests_counted(envoy.admin_port)
+        cpu_us, served = usage.since()
         result = parse_wrk(output)
-        served = requests_after - requests_before
         result.update(
-            cpu_us=(cpu_after - cpu_before) * 1e6 / served if served else float("nan"),
+            cpu_us=cpu_us,
             rss_mb=rss,
             ready_ms=ready_s * 1000,
             requests=served,
@@ -916,27 +945,24 @@ def profile_buckets(perf_script_output):
 
 def measure_profile(binary, variant, workdir, scripts, settings):
     """µs of Envoy CPU per request in each bucket while wrk drives it."""
-    script, token, _ = scripts[(variant.algorithm, variant.unique_tokens)]
-    envoy, _ = start_envoy(binary, variant, workdir, settings)
+    script, _, _ = scripts[(variant.algorithm, variant.unique_tokens)]
+    envoy, _ = warm_envoy(binary, variant, workdir, scripts, settings)
     data = workdir / f"{variant.name}.perf"
     try:
-        check_answers(envoy, variant, token)
-        run_wrk(envoy.listen_port, settings["warmup"], settings["connections"], script, settings["pin"], False)
         seconds = settings["duration"]
         load = subprocess.Popen(
-            pinned(1, ["wrk", "-t1", f"-c{settings['connections']}", f"-d{seconds + 2}s", "-s", str(script),
-                       f"http://127.0.0.1:{envoy.listen_port}{REQUEST_PATH}"], settings["pin"]),
+            pinned(1, wrk_argv(envoy.listen_port, seconds + 2, settings["connections"], script, False), settings["pin"]),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
             time.sleep(0.5)
-            cpu_before, requests_before = cpu_seconds(envoy.pid), requests_counted(envoy.admin_port)
+            usage = Usage(envoy)
             subprocess.run(
                 ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g", "-o", str(data),
                  "-p", str(envoy.pid), "--", "sleep", str(seconds)],
                 check=True, capture_output=True, timeout=seconds + 30,
             )
-            cpu_after, requests_after = cpu_seconds(envoy.pid), requests_counted(envoy.admin_port)
+            cpu_us, served = usage.since()
         finally:
             load.wait(timeout=seconds + 30)
         output = subprocess.run(
@@ -947,10 +973,8 @@ def measure_profile(binary, variant, workdir, scripts, settings):
         data.unlink(missing_ok=True)
     counts = profile_buckets(output)
     samples = sum(counts.values())
-    served = requests_after - requests_before
     if not samples or not served:
         raise RuntimeError("no perf samples or no requests during the profile")
-    cpu_us = (cpu_after - cpu_before) * 1e6 / served
     return {bucket: cpu_us * counts[bucket] / samples for bucket in PROFILE_BUCKETS} | {
         "total": cpu_us,
         "samples": samples,
@@ -1031,21 +1055,14 @@ def measure_rounds(binary, variants, workdir, scripts, settings):
     per_round = {variant.name: [] for variant in variants}
     try:
         for variant in variants:
-            script, token, _ = scripts[(variant.algorithm, variant.unique_tokens)]
-            envoy, _ = start_envoy(binary, variant, workdir, settings)
-            envoys[variant.name] = envoy
-            check_answers(envoy, variant, token)
-            run_wrk(envoy.listen_port, settings["warmup"], settings["connections"], script, settings["pin"], False)
+            envoys[variant.name], _ = warm_envoy(binary, variant, workdir, scripts, settings)
         for _ in range(settings["rounds"]):
             for variant in random.sample(variants, len(variants)):
                 envoy = envoys[variant.name]
                 script, _, _ = scripts[(variant.algorithm, variant.unique_tokens)]
-                cpu_before, requests_before = cpu_seconds(envoy.pid), requests_counted(envoy.admin_port)
+                usage = Usage(envoy)
                 run_wrk(envoy.listen_port, 1, settings["connections"], script, settings["pin"], False)
-                served = requests_counted(envoy.admin_port) - requests_before
-                per_round[variant.name].append(
-                    (cpu_seconds(envoy.pid) - cpu_before) * 1e6 / served if served else float("nan")
-                )
+                per_round[variant.name].append(usage.since()[0])
     finally:
         for envoy in envoys.values():
             envoy.stop()
@@ -1122,21 +1139,17 @@ def parse_loadgen(output):
 def measure_open(binary, variant, workdir, scripts, settings, loadgen, rates):
     """One Envoy, warmed up like phase 1, then loadgen at each rate in turn:
     latency percentiles and Envoy CPU per request at that rate."""
-    script, token, tokens_file = scripts[(variant.algorithm, variant.unique_tokens)]
-    envoy, _ = start_envoy(binary, variant, workdir, settings)
+    _, token, tokens_file = scripts[(variant.algorithm, variant.unique_tokens)]
+    envoy, _ = warm_envoy(binary, variant, workdir, scripts, settings)
     try:
-        check_answers(envoy, variant, token)
-        run_wrk(envoy.listen_port, settings["warmup"], settings["connections"], script, settings["pin"], False)
         results = {}
         for rate in rates:
-            cpu_before = cpu_seconds(envoy.pid)
-            requests_before = requests_counted(envoy.admin_port)
+            usage = Usage(envoy)
             result = run_loadgen(
                 loadgen, envoy.listen_port, settings["open_duration"], settings["connections"], rate, token,
                 tokens_file, settings["pin"],
             )
-            served = requests_counted(envoy.admin_port) - requests_before
-            result["cpu_us"] = (cpu_seconds(envoy.pid) - cpu_before) * 1e6 / served if served else float("nan")
+            result["cpu_us"], _ = usage.since()
             first_error = result.pop("first_error", None)
             if result["non_2xx"] or result["errors"]:
                 log(
