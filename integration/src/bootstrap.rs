@@ -218,8 +218,12 @@ fn listener(
                 "http_filters": http_filters,
                 // Gateways are the edge; sidecars trust the x-forwarded-for they get.
                 "use_remote_address": edge,
+                // Istio's default pathNormalization (DEFAULT = BASE): RFC 3986
+                // normalisation only; `//` stays, `%2F` stays as sent
+                // (pilot/pkg/networking/core/listener_builder.go).
                 "normalize_path": true,
-                "merge_slashes": true,
+                "merge_slashes": false,
+                "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
                 "access_log": [{"name": "envoy.access_loggers.stdout", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"}}],
             },
         }]}],

@@ -99,16 +99,17 @@ pub fn send(
     )
 }
 
-/// Sends one HTTP/1.1 request written byte for byte (header values need not be
-/// UTF-8, which no client library allows) to `base_url` (`http://host:port`)
-/// and returns the response status.
-pub fn raw_status(
+/// Sends one HTTP/1.1 request written byte for byte to `base_url`
+/// (`http://host:port`): header values need not be UTF-8 and the path goes
+/// out exactly as given (`//x`, `/./x`, `%2F`), which no client library
+/// allows. The body is kept as sent (a chunked one is not decoded).
+pub fn raw_request(
     base_url: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &[u8])],
     body: &str,
-) -> Result<u16> {
+) -> Result<Response> {
     use std::io::{Read, Write};
     let address = base_url
         .strip_prefix("http://")
@@ -129,10 +130,21 @@ pub fn raw_status(
     stream.write_all(&request)?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer)?;
-    let status_line = answer.split(|b| *b == b'\n').next().unwrap_or_default();
-    String::from_utf8_lossy(status_line)
-        .split_whitespace()
-        .nth(1)
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|code| code.parse().ok())
-        .with_context(|| format!("no status line in {:?}", String::from_utf8_lossy(&answer)))
+        .with_context(|| format!("no status line in {answer:?}"))?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
 }

@@ -18,6 +18,7 @@ pub mod plugins;
 pub mod process;
 pub mod prometheus;
 pub mod resources;
+pub mod skip;
 pub mod topology;
 pub mod traffic;
 

@@ -46,6 +46,10 @@ struct RunArgs {
     /// Envoy worker threads per proxy.
     #[arg(long, default_value_t = 2)]
     concurrency: u32,
+    /// The Istio release to emulate (its istiod's names): 1.31 (default), 1.30;
+    /// 1.29 and 1.28 are end of life.
+    #[arg(long, env = "MESHWASM_ISTIO_VERSION")]
+    istio_version: Option<String>,
     /// Written as JSON once every Envoy and app is ready.
     #[arg(long, env = "MESH_READY_FILE")]
     ready_file: Option<PathBuf>,
@@ -61,6 +65,7 @@ impl RunArgs {
             app_bin_dir: self.app_bin.unwrap_or(defaults.app_bin_dir.clone()),
             ingress_port: self.ingress_port,
             concurrency: self.concurrency,
+            istio_version: self.istio_version.unwrap_or(defaults.istio_version.clone()),
             ..defaults
         }
     }

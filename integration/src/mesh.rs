@@ -2,7 +2,7 @@
 //! its own sidecar Envoy, plus the ingress gateway Envoy, on 127.0.0.1.
 
 use crate::bootstrap::{self, MeshConfig, ProxyPlan, ProxyRole};
-use crate::plugins::{self, ModuleStore, Plugin};
+use crate::plugins::{self, IstioRelease, ModuleStore, Plugin};
 use crate::process::{free_ports, Supervised};
 use crate::resources::{self, Resource};
 use crate::topology::{Topology, Workload};
@@ -32,6 +32,9 @@ pub struct MeshOptions {
     pub run_dir: PathBuf,
     pub envoy_log_level: String,
     pub ready_timeout: Duration,
+    /// The Istio release whose istiod and istio-agent the mesh emulates
+    /// (`1.31`, `1.30.3`, ...; see [`IstioRelease`]).
+    pub istio_version: String,
 }
 
 pub fn repo_root() -> PathBuf {
@@ -61,6 +64,8 @@ impl Default for MeshOptions {
             run_dir: root.join(".mesh-runs").join(stamp),
             envoy_log_level: "info".to_owned(),
             ready_timeout: Duration::from_secs(90),
+            istio_version: std::env::var(IstioRelease::ENV)
+                .unwrap_or_else(|_| IstioRelease::NEWEST.to_string()),
         }
     }
 }
@@ -88,12 +93,14 @@ pub struct WorkloadUrls {
 pub struct Mesh {
     pub ready: ReadyInfo,
     pub run_dir: PathBuf,
-    /// Lines istio-agent would have logged (modules that could not be had).
+    /// Lines istio-agent would have logged (modules that could not be had), and
+    /// plugins that apply to no proxy (ignored targetRefs; silent in a cluster).
     pub warnings: Vec<String>,
     processes: Vec<Supervised>,
     ecds_dir: PathBuf,
     modules: ModuleStore,
     ecds_version: u64,
+    pub istio_release: IstioRelease,
 }
 
 struct SidecarPorts {
@@ -129,7 +136,8 @@ impl Mesh {
         }
         let topology = Topology::from_resources(resources)?;
         let traffic = TrafficConfig::from_resources(resources)?;
-        let plugins = plugins::load(resources)?;
+        let istio_release = IstioRelease::parse(&options.istio_version)?;
+        let plugins = plugins::load(resources, istio_release)?;
         let service_port = single_service_port(&topology)?;
         let ecds_dir = options.run_dir.join("ecds");
         std::fs::create_dir_all(&ecds_dir)
@@ -139,6 +147,7 @@ impl Mesh {
         };
         let mut warnings = Vec::new();
         for plugin in &plugins {
+            warnings.extend(plugin.ignored_for_target_refs());
             warnings.extend(write_extension_config(plugin, &modules, &ecds_dir, 1)?);
         }
         let mesh_config = MeshConfig {
@@ -195,6 +204,7 @@ impl Mesh {
             ecds_dir: ecds_dir.clone(),
             modules,
             ecds_version: 1,
+            istio_release,
         };
         for workload in &topology.workloads {
             let ports = &sidecars[&workload.name];
@@ -240,6 +250,10 @@ impl Mesh {
         } else {
             bail!("no Gateway selects the ingress gateway (`istio: ingressgateway`); the mesh has no entry point");
         }
+        eprintln!(
+            "mesh: emulating Istio {istio_release} (istiod's names and defaults; {} picks another)",
+            IstioRelease::ENV
+        );
         for line in mesh.warnings.iter().chain(&not_enforced_locally(resources)) {
             eprintln!("mesh: {line}");
         }
@@ -471,7 +485,7 @@ impl Mesh {
     /// plugin would change listeners, which the local mesh does not reload).
     pub fn update_plugin(&mut self, yaml: &str) -> Result<Option<String>> {
         let resources = resources::parse_documents("updated plugin", yaml, 0)?;
-        let [plugin] = plugins::load(&resources)?
+        let [plugin] = plugins::load(&resources, self.istio_release)?
             .try_into()
             .map_err(|_| anyhow::anyhow!("update_plugin takes exactly one WasmPlugin"))?;
         if !self.ecds_dir.join(plugin.ecds_file_name()).exists() {

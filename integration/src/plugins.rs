@@ -1,5 +1,6 @@
 //! `WasmPlugin` → Envoy HTTP filters, following istiod and istio-agent
-//! (Istio 1.30). Each rule cites the code it follows.
+//! (Istio 1.30 and 1.31; 1.29's names on request). Each rule cites the code it
+//! follows.
 
 use crate::istio::WasmPluginSpec;
 use crate::resources::{labels_match, Resource, ROOT_NAMESPACE};
@@ -50,24 +51,82 @@ impl Phase {
     }
 }
 
+/// The Istio release whose istiod the local mesh emulates: the names it gives
+/// Envoy resources differ between releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IstioRelease {
+    minor: u32,
+}
+
+impl IstioRelease {
+    /// Istio 1.30 and 1.31 are supported; 1.28 and 1.29 are end of life but
+    /// can still be emulated.
+    pub const SUPPORTED: [&'static str; 4] = ["1.28", "1.29", "1.30", "1.31"];
+    pub const NEWEST: Self = Self { minor: 31 };
+    /// Environment variable that picks the release (`1.30`, or `1.30.3`).
+    pub const ENV: &'static str = "MESHWASM_ISTIO_VERSION";
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let minor = text
+            .strip_prefix("1.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|minor| minor.parse().ok())
+            .filter(|minor| (28..=31).contains(minor));
+        match minor {
+            Some(minor) => Ok(Self { minor }),
+            None => bail!(
+                "cannot emulate Istio {text:?}; the local mesh knows {}",
+                Self::SUPPORTED.join(", ")
+            ),
+        }
+    }
+
+    /// A WasmPlugin's name in Envoy (the proxy-wasm `plugin_name`, the prefix
+    /// of its `wasm log` lines): `<ns>.<name>`; since 1.30 istiod translates each
+    /// WasmPlugin into a synthetic TrafficExtension whose name has a suffix
+    /// (pilot/pkg/config/kube/extensions/translate.go, pilot/pkg/model/extensions.go).
+    pub fn plugin_name(self, namespace: &str, name: &str) -> String {
+        if self.minor >= 30 {
+            format!("{namespace}.{name}~istio-translated-wasmplugin")
+        } else {
+            format!("{namespace}.{name}")
+        }
+    }
+
+    /// A WasmPlugin's HTTP filter and ECDS resource name.
+    pub fn filter_name(self, namespace: &str, name: &str) -> String {
+        let kind = if self.minor >= 30 {
+            "trafficextension"
+        } else {
+            "wasmplugin"
+        };
+        format!(
+            "extensions.istio.io/{kind}/{}",
+            self.plugin_name(namespace, name)
+        )
+    }
+}
+
+impl std::fmt::Display for IstioRelease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "1.{}", self.minor)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Plugin {
     pub name: String,
     pub namespace: String,
     pub source: String,
-    pub order: usize,
     pub phase: Phase,
     pub spec: WasmPluginSpec,
+    pub release: IstioRelease,
 }
 
 impl Plugin {
-    /// Istio 1.30 translates each WasmPlugin into a TrafficExtension; the
-    /// filter and plugin names carry that suffix (pilot/pkg/model/extensions.go).
+    /// The plugin's name in Envoy (see [`IstioRelease::plugin_name`]).
     pub fn resource_name(&self) -> String {
-        format!(
-            "{}.{}~istio-translated-wasmplugin",
-            self.namespace, self.name
-        )
+        self.release.plugin_name(&self.namespace, &self.name)
     }
 
     /// The local ECDS file of this plugin.
@@ -75,11 +134,35 @@ impl Plugin {
         format!("{}.{}.json", self.namespace, self.name)
     }
 
+    /// The filter and ECDS resource name.
     pub fn filter_name(&self) -> String {
-        format!(
-            "extensions.istio.io/trafficextension/{}",
-            self.resource_name()
-        )
+        self.release.filter_name(&self.namespace, &self.name)
+    }
+
+    /// The kinds of the plugin's `targetRefs` (and deprecated `targetRef`).
+    fn target_ref_kinds(&self) -> Vec<&str> {
+        self.spec
+            .target_refs
+            .iter()
+            .chain(&self.spec.target_ref)
+            .map(|target| target.get("kind").and_then(Value::as_str).unwrap_or("?"))
+            .collect()
+    }
+
+    /// Sidecars and the classic ingress gateway (every proxy of the local
+    /// mesh) ignore a policy with targetRefs, silently in a cluster.
+    pub fn ignored_for_target_refs(&self) -> Option<String> {
+        let kinds = self.target_ref_kinds();
+        (!kinds.is_empty()).then(|| {
+            format!(
+                "WasmPlugin {}/{} applies to no proxy: it sets targetRefs ({}), which sidecars and the \
+                 classic ingress gateway ignore (pilot/pkg/model/policyattachment.go); only Gateway API \
+                 gateways and waypoints use them. Select sidecars with selector.matchLabels",
+                self.namespace,
+                self.name,
+                kinds.join(", ")
+            )
+        })
     }
 
     fn fail_open(&self) -> bool {
@@ -88,7 +171,7 @@ impl Plugin {
 }
 
 /// Reads every WasmPlugin, refusing what istiod's validation would refuse.
-pub fn load(resources: &[Resource]) -> Result<Vec<Plugin>> {
+pub fn load(resources: &[Resource], release: IstioRelease) -> Result<Vec<Plugin>> {
     resources
         .iter()
         .filter(|r| r.group() == "extensions.istio.io" && r.kind == "WasmPlugin")
@@ -130,9 +213,9 @@ pub fn load(resources: &[Resource]) -> Result<Vec<Plugin>> {
                 name: resource.name.clone(),
                 namespace: resource.namespace.clone(),
                 source: resource.source.clone(),
-                order: resource.order,
                 phase,
                 spec,
+                release,
             })
         })
         .collect()
@@ -156,9 +239,18 @@ pub fn select<'a>(
         .filter(|plugin| selects_proxy(plugin, proxy) && matches_listener(plugin, class, port))
         .collect();
     // Candidates come from the proxy's namespace, then the root namespace, each
-    // by creation time (pilot/pkg/model/push_context.go); then a stable sort by
-    // priority, higher first, unset counting as MinInt32 (sortByPriority).
-    chosen.sort_by_key(|plugin| (plugin.namespace != proxy.namespace, plugin.order));
+    // by creation timestamp (whole seconds), then name, then namespace
+    // (pilot/pkg/model/push_context.go, config.go configCompareByCreationTime);
+    // then a stable sort by priority, higher first, unset counting as MinInt32
+    // (sortByPriority). `kubectl apply -f` creates a folder's objects within
+    // the same second, as the local mesh does, so ties resolve by name.
+    chosen.sort_by(|a, b| {
+        (a.namespace != proxy.namespace, &a.name, &a.namespace).cmp(&(
+            b.namespace != proxy.namespace,
+            &b.name,
+            &b.namespace,
+        ))
+    });
     chosen.sort_by_key(|plugin| {
         (
             plugin.phase,
@@ -175,7 +267,7 @@ fn selects_proxy(plugin: &Plugin, proxy: &ProxyView<'_>) -> bool {
     if plugin.namespace != proxy.namespace && plugin.namespace != ROOT_NAMESPACE {
         return false;
     }
-    if !plugin.spec.target_refs.is_empty() || plugin.spec.target_ref.is_some() {
+    if !plugin.target_ref_kinds().is_empty() {
         return false;
     }
     plugin
@@ -332,12 +424,14 @@ fn wasm_config(plugin: &Plugin, module: &Path) -> Value {
         "runtime": "envoy.wasm.runtime.v8",
         "code": {"local": {"filename": module.display().to_string()}},
     });
-    // INLINE env become key_values, HOST env host_env_keys; ISTIO_META_* keys
-    // are stripped and an empty block is dropped (pkg/wasm/convert.go).
+    // INLINE env become key_values, HOST env host_env_keys. istio-agent strips
+    // ISTIO_META_* keys from remote modules only: it passes file:// modules
+    // through untouched (pkg/wasm/convert.go). An empty block is dropped.
+    let remote = !spec.url.starts_with("file://");
     let mut key_values = Map::new();
     let mut host_keys = Vec::new();
     for var in spec.vm_config.iter().flat_map(|vm| &vm.env) {
-        if var.name.starts_with("ISTIO_META_") {
+        if remote && var.name.starts_with("ISTIO_META_") {
             continue;
         }
         if var.value_from.as_deref() == Some("HOST") {
@@ -439,7 +533,11 @@ mod tests {
     use crate::resources::parse_documents;
 
     fn plugins(yaml: &str) -> Vec<Plugin> {
-        load(&parse_documents("p.yaml", yaml, 0).unwrap()).unwrap()
+        load(
+            &parse_documents("p.yaml", yaml, 0).unwrap(),
+            IstioRelease::NEWEST,
+        )
+        .unwrap()
     }
 
     fn plugin_doc(name: &str, namespace: &str, extra: &str) -> String {
@@ -510,11 +608,11 @@ mod tests {
         };
         assert_eq!(
             names(select(&all, &proxy, ListenerClass::SidecarInbound, 8080)),
-            vec!["server", "port"]
+            vec!["port", "server"]
         );
         assert_eq!(
             names(select(&all, &proxy, ListenerClass::SidecarOutbound, 9090)),
-            vec!["client", "both"]
+            vec!["both", "client"]
         );
         // Gateways are CLIENT: mode SERVER never applies to them.
         assert_eq!(
@@ -524,7 +622,104 @@ mod tests {
     }
 
     #[test]
-    fn phase_then_priority_then_namespace_then_creation() {
+    fn ties_resolve_by_name_not_by_file_order() {
+        let all = plugins(
+            &[
+                plugin_doc("zeta", "shop", "  priority: 5"),
+                plugin_doc("alpha", "shop", "  priority: 5"),
+                plugin_doc("mid", "shop", "  priority: 5"),
+            ]
+            .concat(),
+        );
+        let none = labels(&[]);
+        let proxy = ProxyView {
+            namespace: "shop",
+            labels: &none,
+        };
+        assert_eq!(
+            names(select(&all, &proxy, ListenerClass::SidecarInbound, 8080)),
+            vec!["alpha", "mid", "zeta"]
+        );
+    }
+
+    #[test]
+    fn names_follow_the_emulated_istio_release() {
+        let resources = parse_documents("p.yaml", &plugin_doc("authz", "shop", ""), 0).unwrap();
+        let named = |version: &str| {
+            let release = IstioRelease::parse(version).unwrap();
+            let [plugin] = load(&resources, release).unwrap().try_into().unwrap();
+            (plugin.filter_name(), plugin.resource_name())
+        };
+        for version in ["1.30", "1.31", "1.30.3"] {
+            assert_eq!(
+                named(version),
+                (
+                    "extensions.istio.io/trafficextension/shop.authz~istio-translated-wasmplugin"
+                        .to_string(),
+                    "shop.authz~istio-translated-wasmplugin".to_string()
+                )
+            );
+        }
+        for version in ["1.28", "1.29", "1.29.6"] {
+            assert_eq!(
+                named(version),
+                (
+                    "extensions.istio.io/wasmplugin/shop.authz".to_string(),
+                    "shop.authz".to_string()
+                )
+            );
+        }
+        for unknown in ["1.27", "1.32", "2.0", "latest", ""] {
+            assert!(IstioRelease::parse(unknown).is_err(), "{unknown}");
+        }
+        assert_eq!(IstioRelease::NEWEST.to_string(), "1.31");
+    }
+
+    #[test]
+    fn target_refs_are_ignored_with_a_reason() {
+        let all = plugins(
+            &[
+                plugin_doc(
+                    "targeted",
+                    "shop",
+                    "  targetRefs: [{kind: Gateway, name: gw}]",
+                ),
+                plugin_doc(
+                    "selected",
+                    "shop",
+                    "  selector: {matchLabels: {app: order}}",
+                ),
+            ]
+            .concat(),
+        );
+        let reason = all[0].ignored_for_target_refs().unwrap();
+        assert!(
+            reason.contains("WasmPlugin shop/targeted applies to no proxy"),
+            "{reason}"
+        );
+        assert!(reason.contains("targetRefs (Gateway)"), "{reason}");
+        assert_eq!(all[1].ignored_for_target_refs(), None);
+    }
+
+    #[test]
+    fn istio_meta_env_survives_only_for_file_modules() {
+        let env =
+            "  vmConfig:\n    env: [{name: ISTIO_META_X, value: y}, {name: MODE, value: strict}]";
+        let local = plugins(&plugin_doc("local", "shop", env).replace(
+            "url: oci://ghcr.io/x/local:1",
+            "url: file:///opt/local.wasm",
+        ));
+        let (_dir, store) = store_with(b"\0asm\x01\0\0\0");
+        let (filter, err) = extension_config(&local[0], &store);
+        assert!(err.is_none());
+        assert_eq!(
+            filter["typed_config"]["config"]["vm_config"]["environment_variables"]["key_values"],
+            serde_json::json!({"ISTIO_META_X": "y", "MODE": "strict"})
+        );
+    }
+
+    #[test]
+    fn phase_then_priority_then_namespace_then_name() {
         let all = plugins(
             &[
                 plugin_doc("stats", "shop", "  phase: STATS\n  priority: 100"),
@@ -578,7 +773,9 @@ mod tests {
         ] {
             let resources =
                 parse_documents("p.yaml", &plugin_doc("bad", "shop", extra), 0).unwrap();
-            let err = load(&resources).unwrap_err().to_string();
+            let err = load(&resources, IstioRelease::NEWEST)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(message), "{extra}: {err}");
             assert!(err.contains("WasmPlugin bad"), "{err}");
         }

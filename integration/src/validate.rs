@@ -2,8 +2,8 @@
 //! what `kubectl apply` (API server, strict field validation) would accept as
 //! we can get without a cluster.
 //!
-//! - Istio kinds with a CRD in the CRD folder (`MESHWASM_ISTIO_CRDS`, default
-//!   `../shared/istio-crds` next to the repository): the whole object against
+//! - Istio kinds with a CRD in the CRD folder (see [`locate_crds`]): the whole
+//!   object against
 //!   the served version's `openAPIV3Schema`, read the way the API server reads
 //!   a structural schema (see [`crd`]). CEL rules (`x-kubernetes-validations`)
 //!   are NOT evaluated, and neither are istiod's webhook checks.
@@ -36,17 +36,37 @@ pub use crate::resources::manifest_files;
 /// Environment variable naming the folder that holds Istio's CRD YAML files.
 pub const CRDS_ENV: &str = "MESHWASM_ISTIO_CRDS";
 
-/// The CRD folder used when [`CRDS_ENV`] is unset: `../shared/istio-crds`
-/// relative to the repository root.
-pub fn default_crds_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/istio-crds")
+/// Where Istio's CRD schemas are looked for when [`CRDS_ENV`] is unset, in
+/// this order: the workspace's `../shared/istio-crds` (one file per kind), then
+/// the pinned download of Istio's `crd-all.gen.yaml` that `make istio-crds`
+/// verifies and caches under `.tools/istio-crds`.
+pub fn default_crds_dirs() -> [PathBuf; 2] {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    [
+        repo.join("../shared/istio-crds"),
+        repo.join(".tools/istio-crds"),
+    ]
 }
 
-/// The CRD folder from [`CRDS_ENV`], else [`default_crds_dir`].
-pub fn crds_dir_from_env() -> PathBuf {
-    std::env::var_os(CRDS_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(default_crds_dir)
+/// The CRD folder: [`CRDS_ENV`] when set (used even if it does not exist, so
+/// a wrong setting fails loudly), else the first of [`default_crds_dirs`] that
+/// exists; `None` when there is none.
+pub fn locate_crds() -> Option<PathBuf> {
+    match std::env::var_os(CRDS_ENV) {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => default_crds_dirs().into_iter().find(|dir| dir.is_dir()),
+    }
+}
+
+/// How to provide the schemas, for messages when there are none.
+pub fn crds_hint() -> String {
+    let [shared, download] = default_crds_dirs();
+    format!(
+        "set {CRDS_ENV} to a folder of Istio CRD YAML files (one per kind, or Istio's \
+         crd-all.gen.yaml), or provide {} or run `make istio-crds` (pinned download into {})",
+        shared.display(),
+        download.display()
+    )
 }
 
 /// One valid Kubernetes object read from a manifest file.
@@ -126,21 +146,30 @@ impl FieldError {
     }
 }
 
+/// [`locate_crds`], else the first default folder, so that validating without
+/// schemas reports the missing folder together with [`crds_hint`].
+fn crds_dir_or_hint() -> PathBuf {
+    locate_crds().unwrap_or_else(|| {
+        let [shared, _] = default_crds_dirs();
+        shared
+    })
+}
+
 /// Validates every manifest file in `dir` (see [`manifest_files`]; not
-/// recursive) with the CRD folder from [`crds_dir_from_env`].
+/// recursive) with the CRD folder from [`locate_crds`].
 pub fn validate_dir(dir: &Path) -> Result<Vec<Document>, Vec<ValidationError>> {
-    shared_validator(crds_dir_from_env()).validate_dir(dir)
+    shared_validator(crds_dir_or_hint()).validate_dir(dir)
 }
 
 /// Validates one parsed YAML document with the CRD folder from
-/// [`crds_dir_from_env`]. `index` is the 1-based document number used in
+/// [`locate_crds`]. `index` is the 1-based document number used in
 /// messages.
 pub fn validate_document(
     file: &Path,
     index: usize,
     yaml: &serde_yaml::Value,
 ) -> Result<(), Vec<ValidationError>> {
-    shared_validator(crds_dir_from_env())
+    shared_validator(crds_dir_or_hint())
         .validate_document(file, index, yaml)
         .map(|_| ())
 }

@@ -478,3 +478,37 @@ spec:
     assert!(count("failure") >= 1, "{stats:#?}");
     assert_no_vm_crash(&mesh);
 }
+
+/// Istio's default path normalisation (`normalize_path`, no `merge_slashes`,
+/// escaped slashes kept) runs before every filter, so the authz filter judges
+/// the path a cluster's gateway would give it: dot segments are resolved
+/// first, `//` and `%2F` are not.
+#[test]
+fn authz_sees_paths_normalised_as_istio_does_by_default() {
+    let mesh = Mesh::start(MeshOptions::default()).unwrap();
+    let bearer = format!("Bearer {}", token("alice", json!({})));
+    let body = json!({"sku": "sku-1", "quantity": 1, "user": "e2e"}).to_string();
+    let send = |path: &str, authorized: bool| {
+        let mut headers: Vec<(&str, &[u8])> = vec![("content-type", b"application/json")];
+        if authorized {
+            headers.push(("authorization", bearer.as_bytes()));
+        }
+        http::raw_request(&mesh.ready.ingress, "POST", path, &headers, &body).unwrap()
+    };
+    // Dot segments resolve to /orders: allowed by `orders-read-write`.
+    for path in ["/./orders", "/x/../orders"] {
+        let response = send(path, true);
+        assert_eq!(response.status, 201, "{path}: {}", response.body);
+    }
+    // `/healthz/../orders` is /orders, not the public /healthz: a token is needed.
+    assert_eq!(send("/healthz/../orders", false).status, 401);
+    // Slashes are not merged: `//orders` matches no `/orders*` rule and is
+    // denied by default, as in a cluster (a mesh merging slashes would allow it).
+    let doubled = send("//orders", true);
+    assert_eq!(doubled.status, 403, "{}", doubled.body);
+    assert!(doubled.body.contains("access-denied"), "{}", doubled.body);
+    // An escaped slash stays escaped: `/healthz%2F..%2Forders` is no public path.
+    let escaped = send("/healthz%2F..%2Forders", false);
+    assert_eq!(escaped.status, 401, "{}", escaped.body);
+    assert_no_vm_crash(&mesh);
+}

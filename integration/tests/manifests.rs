@@ -1,6 +1,7 @@
 //! Validation of `wasmplugin-manifests/` and of the validator itself, against
-//! Istio's CRD schemas (`MESHWASM_ISTIO_CRDS`, default `../shared/istio-crds`)
-//! and upstream's own CRD fixtures.
+//! Istio's CRD schemas (found by `validate::locate_crds`) and upstream's own
+//! CRD fixtures. Without schemas the tests that need them skip loudly
+//! (`meshwasm_integration::skip`); the Kubernetes-kind tests always run.
 //!
 //! Run: `cargo test -p meshwasm-integration --test manifests`
 
@@ -8,9 +9,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use meshwasm_integration::skip::skip;
 use meshwasm_integration::validate::{
-    crds_dir_from_env, manifest_files, shared_validator, validate_dir, ManifestValidator,
-    ValidationError,
+    crds_hint, locate_crds, manifest_files, shared_validator, ManifestValidator, ValidationError,
 };
 use serde_yaml::Value as Yaml;
 
@@ -22,8 +23,20 @@ fn manifests_dir() -> PathBuf {
     repo_root().join("wasmplugin-manifests")
 }
 
-fn validator() -> Arc<ManifestValidator> {
-    shared_validator(crds_dir_from_env())
+/// The validator over Istio's CRD schemas, or `None` after recording that
+/// `test` skipped because there are none.
+fn istio_validator(test: &str) -> Option<Arc<ManifestValidator>> {
+    let dir = locate_crds();
+    if dir.is_none() {
+        skip(test, "Istio CRD schemas", &crds_hint());
+    }
+    dir.map(shared_validator)
+}
+
+/// A validator for Kubernetes kinds and Istio's Gateway, which never read the
+/// CRD folder.
+fn kube_validator() -> ManifestValidator {
+    ManifestValidator::new("/no-istio-crds-needed")
 }
 
 fn yaml(text: &str) -> Yaml {
@@ -31,8 +44,8 @@ fn yaml(text: &str) -> Yaml {
 }
 
 /// Errors for one inline document, as displayed.
-fn errors_for(text: &str) -> Vec<String> {
-    match validator().validate_document(Path::new("inline.yaml"), 1, &yaml(text)) {
+fn errors_for(validator: &ManifestValidator, text: &str) -> Vec<String> {
+    match validator.validate_document(Path::new("inline.yaml"), 1, &yaml(text)) {
         Ok(_) => Vec::new(),
         Err(errors) => errors.iter().map(ToString::to_string).collect(),
     }
@@ -47,7 +60,11 @@ fn listing(errors: &[ValidationError]) -> String {
 
 #[test]
 fn every_manifest_in_the_folder_validates() {
-    let documents = validate_dir(&manifests_dir())
+    let Some(validator) = istio_validator("every_manifest_in_the_folder_validates") else {
+        return;
+    };
+    let documents = validator
+        .validate_dir(&manifests_dir())
         .unwrap_or_else(|errors| panic!("invalid manifests:{}", listing(&errors)));
     let files = manifest_files(&manifests_dir()).unwrap();
     for file in &files {
@@ -59,9 +76,53 @@ fn every_manifest_in_the_folder_validates() {
     }
 }
 
+/// Istio ships its CRDs as one file, `crd-all.gen.yaml`: next to the folder
+/// of one file per kind (`bundle/`), or as the pinned download itself.
+#[test]
+fn istios_single_file_bundle_validates_the_same_as_one_file_per_kind() {
+    let Some(validator) =
+        istio_validator("istios_single_file_bundle_validates_the_same_as_one_file_per_kind")
+    else {
+        return;
+    };
+    let dir = validator.crds_dir();
+    let Some(bundle_dir) = [dir.join("bundle"), dir.to_path_buf()]
+        .into_iter()
+        .find(|candidate| candidate.join("crd-all.gen.yaml").is_file())
+    else {
+        skip(
+            "istios_single_file_bundle_validates_the_same_as_one_file_per_kind",
+            "crd-all.gen.yaml bundle",
+            &format!(
+                "{} holds no crd-all.gen.yaml nor bundle/crd-all.gen.yaml",
+                dir.display()
+            ),
+        );
+        return;
+    };
+    let bundle = ManifestValidator::new(&bundle_dir);
+    let from_folder = validator.validate_dir(&manifests_dir()).unwrap();
+    let from_bundle = bundle
+        .validate_dir(&manifests_dir())
+        .unwrap_or_else(|errors| panic!("{}:{}", bundle_dir.display(), listing(&errors)));
+    assert_eq!(from_bundle, from_folder);
+    // A resource the bundle rejects the same way as the folder.
+    let broken = WASMPLUGIN.replace("  EXTRA", "  pluginConf: {}");
+    assert_eq!(
+        errors_for(&bundle, &broken),
+        errors_for(&validator, &broken)
+    );
+    assert!(!errors_for(&bundle, &broken).is_empty());
+}
+
 #[test]
 fn the_istio_objects_of_the_app_are_all_there() {
-    let documents = validate_dir(&manifests_dir()).unwrap_or_else(|e| panic!("{}", listing(&e)));
+    let Some(validator) = istio_validator("the_istio_objects_of_the_app_are_all_there") else {
+        return;
+    };
+    let documents = validator
+        .validate_dir(&manifests_dir())
+        .unwrap_or_else(|e| panic!("{}", listing(&e)));
     let present: BTreeSet<(String, String, String)> = documents
         .iter()
         .map(|d| {
@@ -130,10 +191,15 @@ fn kustomization_lists_exactly_the_yaml_files_of_the_folder() {
 
 #[test]
 fn inline_jwks_is_the_demo_key() {
+    let Some(validator) = istio_validator("inline_jwks_is_the_demo_key") else {
+        return;
+    };
     let jwks_file = repo_root().join("integration/demo-keys/demo-jwks.json");
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(jwks_file).unwrap()).unwrap();
-    let documents = validate_dir(&manifests_dir()).unwrap_or_else(|e| panic!("{}", listing(&e)));
+    let documents = validator
+        .validate_dir(&manifests_dir())
+        .unwrap_or_else(|e| panic!("{}", listing(&e)));
     let request_auth = documents
         .iter()
         .find(|d| d.kind == "RequestAuthentication")
@@ -153,8 +219,8 @@ fn inline_jwks_is_the_demo_key() {
 // ---------------------------------------------------------------------------
 // Upstream fixtures (istio/api tests/testdata)
 
-fn fixture_documents(name: &str) -> Vec<(usize, Yaml)> {
-    let path = crds_dir_from_env().join("testdata").join(name);
+fn fixture_documents(validator: &ManifestValidator, name: &str) -> Vec<(usize, Yaml)> {
+    let path = validator.crds_dir().join("testdata").join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_yaml::Deserializer::from_str(&text)
@@ -173,10 +239,12 @@ const FIXTURES: &[&str] = &["authz", "destinationrule", "peerauth", "reqauth", "
 
 #[test]
 fn upstream_valid_fixtures_pass() {
-    let validator = validator();
+    let Some(validator) = istio_validator("upstream_valid_fixtures_pass") else {
+        return;
+    };
     for fixture in FIXTURES {
         let file = format!("{fixture}-valid.yaml");
-        for (index, doc) in fixture_documents(&file) {
+        for (index, doc) in fixture_documents(&validator, &file) {
             if let Err(errors) = validator.validate_document(Path::new(&file), index, &doc) {
                 panic!(
                     "{file} document {index} should be valid:{}",
@@ -240,12 +308,16 @@ const CEL_ONLY: &[(&str, &str)] = &[
 
 #[test]
 fn upstream_invalid_fixtures_fail_with_the_expected_message_except_cel_only_ones() {
-    let validator = validator();
+    let Some(validator) = istio_validator(
+        "upstream_invalid_fixtures_fail_with_the_expected_message_except_cel_only_ones",
+    ) else {
+        return;
+    };
     let mut structural = 0;
     let mut cel_only = 0;
     for fixture in FIXTURES {
         let file = format!("{fixture}-invalid.yaml");
-        for (index, mut doc) in fixture_documents(&file) {
+        for (index, mut doc) in fixture_documents(&validator, &file) {
             let expected = doc
                 .as_mapping_mut()
                 .and_then(|m| m.remove("_err"))
@@ -301,18 +373,24 @@ spec:
   EXTRA
 "#;
 
-fn wasmplugin_with(extra: &str) -> Vec<String> {
-    errors_for(&WASMPLUGIN.replace("  EXTRA", extra))
+fn wasmplugin_with(validator: &ManifestValidator, extra: &str) -> Vec<String> {
+    errors_for(validator, &WASMPLUGIN.replace("  EXTRA", extra))
 }
 
 #[test]
 fn a_correct_wasmplugin_passes() {
-    assert_eq!(wasmplugin_with(""), Vec::<String>::new());
+    let Some(validator) = istio_validator("a_correct_wasmplugin_passes") else {
+        return;
+    };
+    assert_eq!(wasmplugin_with(&validator, ""), Vec::<String>::new());
 }
 
 #[test]
 fn unknown_wasmplugin_spec_field_names_the_field() {
-    let errors = wasmplugin_with("  pluginConf: {}");
+    let Some(validator) = istio_validator("unknown_wasmplugin_spec_field_names_the_field") else {
+        return;
+    };
+    let errors = wasmplugin_with(&validator, "  pluginConf: {}");
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(
         errors[0],
@@ -322,7 +400,13 @@ fn unknown_wasmplugin_spec_field_names_the_field() {
 
 #[test]
 fn unknown_field_deep_in_a_wasmplugin_is_found() {
-    let errors = wasmplugin_with("  match:\n  - mode: SERVER\n    ports:\n    - numbr: 8080");
+    let Some(validator) = istio_validator("unknown_field_deep_in_a_wasmplugin_is_found") else {
+        return;
+    };
+    let errors = wasmplugin_with(
+        &validator,
+        "  match:\n  - mode: SERVER\n    ports:\n    - numbr: 8080",
+    );
     assert!(
         errors
             .iter()
@@ -339,7 +423,11 @@ fn unknown_field_deep_in_a_wasmplugin_is_found() {
 
 #[test]
 fn bad_phase_enum_lists_the_supported_values() {
+    let Some(validator) = istio_validator("bad_phase_enum_lists_the_supported_values") else {
+        return;
+    };
     let errors = errors_for(
+        &validator,
         &WASMPLUGIN
             .replace("phase: AUTHZ", "phase: AUTHORIZATION")
             .replace("  EXTRA", ""),
@@ -353,7 +441,11 @@ fn bad_phase_enum_lists_the_supported_values() {
 
 #[test]
 fn wrong_type_for_priority_is_reported() {
+    let Some(validator) = istio_validator("wrong_type_for_priority_is_reported") else {
+        return;
+    };
     let errors = errors_for(
+        &validator,
         &WASMPLUGIN
             .replace("priority: 10", "priority: high")
             .replace("  EXTRA", ""),
@@ -365,6 +457,7 @@ fn wrong_type_for_priority_is_reported() {
     );
     // `priority` is nullable in the CRD.
     let errors = errors_for(
+        &validator,
         &WASMPLUGIN
             .replace("priority: 10", "priority: null")
             .replace("  EXTRA", ""),
@@ -374,12 +467,16 @@ fn wrong_type_for_priority_is_reported() {
 
 #[test]
 fn unknown_top_level_and_metadata_fields_are_errors() {
-    let errors = wasmplugin_with("").len();
+    let Some(validator) = istio_validator("unknown_top_level_and_metadata_fields_are_errors")
+    else {
+        return;
+    };
+    let errors = wasmplugin_with(&validator, "").len();
     assert_eq!(errors, 0);
     let text = WASMPLUGIN
         .replace("  EXTRA", "")
         .replace("metadata:\n", "metdata: {}\nmetadata:\n  labelz: {}\n");
-    let errors = errors_for(&text);
+    let errors = errors_for(&validator, &text);
     assert!(
         errors
             .iter()
@@ -396,7 +493,11 @@ fn unknown_top_level_and_metadata_fields_are_errors() {
 
 #[test]
 fn bad_names_and_missing_name() {
+    let Some(validator) = istio_validator("bad_names_and_missing_name") else {
+        return;
+    };
     let errors = errors_for(
+        &validator,
         &WASMPLUGIN
             .replace("name: authz", "name: Authz_Filter")
             .replace("  EXTRA", ""),
@@ -408,6 +509,7 @@ fn bad_names_and_missing_name() {
         "{errors:?}"
     );
     let errors = errors_for(
+        &validator,
         &WASMPLUGIN
             .replace("  name: authz\n", "")
             .replace("  EXTRA", ""),
@@ -422,7 +524,13 @@ fn bad_names_and_missing_name() {
 
 #[test]
 fn version_not_served_names_the_served_versions() {
-    let errors = errors_for(&WASMPLUGIN.replace("v1alpha1", "v1").replace("  EXTRA", ""));
+    let Some(validator) = istio_validator("version_not_served_names_the_served_versions") else {
+        return;
+    };
+    let errors = errors_for(
+        &validator,
+        &WASMPLUGIN.replace("v1alpha1", "v1").replace("  EXTRA", ""),
+    );
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].contains("apiVersion: extensions.istio.io/v1 WasmPlugin is not served; served versions: v1alpha1"),
@@ -432,7 +540,12 @@ fn version_not_served_names_the_served_versions() {
 
 #[test]
 fn virtual_service_oneof_violation_names_the_fields() {
+    let Some(validator) = istio_validator("virtual_service_oneof_violation_names_the_fields")
+    else {
+        return;
+    };
     let errors = errors_for(
+        &validator,
         r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -495,15 +608,21 @@ spec:
 
 #[test]
 fn a_correct_deployment_passes() {
-    assert_eq!(errors_for(DEPLOYMENT), Vec::<String>::new());
+    assert_eq!(
+        errors_for(&kube_validator(), DEPLOYMENT),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
 fn unknown_field_in_a_deployment_container_names_the_path() {
-    let errors = errors_for(&DEPLOYMENT.replace(
-        "        args:",
-        "        imagePullPolicyy: Always\n        args:",
-    ));
+    let errors = errors_for(
+        &kube_validator(),
+        &DEPLOYMENT.replace(
+            "        args:",
+            "        imagePullPolicyy: Always\n        args:",
+        ),
+    );
     assert_eq!(
         errors,
         [
@@ -514,16 +633,22 @@ fn unknown_field_in_a_deployment_container_names_the_path() {
 
 #[test]
 fn deployment_type_error_and_selector_mismatch() {
-    let errors = errors_for(&DEPLOYMENT.replace("containerPort: 8080", "containerPort: http"));
+    let errors = errors_for(
+        &kube_validator(),
+        &DEPLOYMENT.replace("containerPort: 8080", "containerPort: http"),
+    );
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].contains("spec.template.spec.containers[0].ports[0].containerPort: invalid type"),
         "{errors:?}"
     );
-    let errors = errors_for(&DEPLOYMENT.replace(
-        "matchLabels: {app: inventory, version: v1}",
-        "matchLabels: {app: inventory, version: v2}",
-    ));
+    let errors = errors_for(
+        &kube_validator(),
+        &DEPLOYMENT.replace(
+            "matchLabels: {app: inventory, version: v1}",
+            "matchLabels: {app: inventory, version: v2}",
+        ),
+    );
     assert!(
         errors.iter().any(
             |e| e.contains("spec.template.metadata.labels: Invalid value")
@@ -544,14 +669,17 @@ spec:
   ports:
   - {port: 8080, targetPort: 8080}
 "#;
-    let errors = errors_for(service);
+    let errors = errors_for(&kube_validator(), service);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].contains("spec.ports[0].name: Required value"),
         "{errors:?}"
     );
     assert_eq!(
-        errors_for(&service.replace("{port: 8080", "{name: http, port: 8080")),
+        errors_for(
+            &kube_validator(),
+            &service.replace("{port: 8080", "{name: http, port: 8080")
+        ),
         Vec::<String>::new()
     );
 }
@@ -559,6 +687,7 @@ spec:
 #[test]
 fn gateway_unknown_field_is_named() {
     let errors = errors_for(
+        &kube_validator(),
         r#"
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -580,17 +709,24 @@ spec:
 
 #[test]
 fn unknown_kind_is_named() {
-    let errors = errors_for("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n");
+    let Some(validator) = istio_validator("unknown_kind_is_named") else {
+        return;
+    };
+    let errors = errors_for(
+        &validator,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n",
+    );
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].contains(r#"kind: unknown kind "Secret""#),
         "{errors:?}"
     );
     let errors = errors_for(
-        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec: {}\n",
+        &validator,
+        "apiVersion: networking.istio.io/v1\nkind: Sidecarr\nmetadata: {name: s}\nspec: {}\n",
     );
     assert!(
-        errors[0].contains(r#"unknown kind "Sidecar" in group "networking.istio.io""#),
+        errors[0].contains(r#"unknown kind "Sidecarr" in group "networking.istio.io""#),
         "{errors:?}"
     );
 }
@@ -633,6 +769,9 @@ impl Drop for ScratchDir {
 
 #[test]
 fn folder_errors_name_the_file_document_and_field() {
+    let Some(validator) = istio_validator("folder_errors_name_the_file_document_and_field") else {
+        return;
+    };
     let scratch = ScratchDir::new("manifests-folder-errors");
     let good = WASMPLUGIN.replace("  EXTRA", "");
     // a.yaml: an empty document (counted, skipped), a valid one, an invalid one.
@@ -646,7 +785,7 @@ fn folder_errors_name_the_file_document_and_field() {
     std::fs::write(scratch.0.join("b.yml"), &good).unwrap();
     std::fs::write(scratch.0.join("c.yaml"), "kind: [unclosed").unwrap();
     std::fs::write(scratch.0.join("notes.txt"), "not a manifest").unwrap();
-    let errors = validator().validate_dir(&scratch.0).unwrap_err();
+    let errors = validator.validate_dir(&scratch.0).unwrap_err();
     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
     let a = scratch.0.join("a.yaml").display().to_string();
     let b = scratch.0.join("b.yml").display().to_string();

@@ -229,7 +229,10 @@ fn a_refused_plugin_config_leaves_envoy_serving_and_a_fixed_one_is_picked_up() {
     )
     .unwrap();
     assert_eq!(admin_ready.body.trim(), "LIVE");
-    let filter = "extension_config_discovery.http_filter.extensions.istio.io/trafficextension/istio-system.strict~istio-translated-wasmplugin";
+    let filter = format!(
+        "extension_config_discovery.http_filter.{}",
+        mesh.istio_release.filter_name("istio-system", "strict")
+    );
     assert_eq!(
         mesh.stat("istio-ingressgateway", &format!("{filter}.update_rejected"))
             .unwrap(),
@@ -357,7 +360,7 @@ fn header_values_that_are_not_utf8_crash_no_filter() {
     let auth = bearer();
     let body = json!({"sku": "sku-1", "quantity": 1, "user": "alice"}).to_string();
     let latin1: &[u8] = b"caf\xe9";
-    let status = http::raw_status(
+    let status = http::raw_request(
         &mesh.ready.ingress,
         "POST",
         "/orders",
@@ -370,12 +373,13 @@ fn header_values_that_are_not_utf8_crash_no_filter() {
         ],
         &body,
     )
-    .unwrap();
+    .unwrap()
+    .status;
     assert_eq!(status, 201, "an order with non-UTF-8 header values");
 
     let mut bad_token = b"Bearer ".to_vec();
     bad_token.extend_from_slice(latin1);
-    let status = http::raw_status(
+    let status = http::raw_request(
         &mesh.ready.ingress,
         "POST",
         "/orders",
@@ -385,7 +389,8 @@ fn header_values_that_are_not_utf8_crash_no_filter() {
         ],
         &body,
     )
-    .unwrap();
+    .unwrap()
+    .status;
     assert_eq!(status, 401, "a token that is not UTF-8 is an invalid token");
 
     let after = place_order(&mesh, &[]);

@@ -191,3 +191,59 @@ fn verified_beta_claims_go_to_v2_and_rewritten_paths_reach_the_app() {
     let location = response.header("location").unwrap_or_default();
     assert!(location.starts_with("/orders/"), "location {location}");
 }
+
+/// Takes the shipped authz plugin off the gateway (a selector no proxy has),
+/// so that any path reaches the routing filter.
+const NO_AUTHZ: &str = r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: authz
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels:
+      app: no-such-workload
+  url: oci://ghcr.io/meshwasm/meshwasm:0.1.0
+  pluginName: authz
+"#;
+
+/// Istio's default path normalisation runs before the routing filter: dot
+/// segments are resolved, `//` is not merged, so a path rule sees what it
+/// would see in a cluster.
+#[test]
+fn path_rules_see_paths_normalised_as_istio_does_by_default() {
+    let mesh = Mesh::start(MeshOptions {
+        extra_manifests: vec![INGRESS_WITH_REWRITE.to_owned(), NO_AUTHZ.to_owned()],
+        ..MeshOptions::default()
+    })
+    .unwrap();
+    let body = json!({"sku": "sku-1", "quantity": 1, "user": "e2e"}).to_string();
+    let send = |path: &str| {
+        http::raw_request(
+            &mesh.ready.ingress,
+            "POST",
+            path,
+            &[("content-type", b"application/json")],
+            &body,
+        )
+        .unwrap()
+    };
+    for path in ["/orders-legacy", "/./orders-legacy", "/v1/../orders-legacy"] {
+        let response = send(path);
+        assert_eq!(response.status, 201, "{path}: {}", response.body);
+        assert_eq!(
+            response.header("x-meshwasm-route"),
+            Some("rule=legacy-prefix; lane=none"),
+            "{path}"
+        );
+    }
+    // Not merged: `//orders-legacy` matches neither the rule nor the gateway's
+    // `/orders` prefix route, so Envoy finds no route.
+    let doubled = send("//orders-legacy");
+    assert_eq!(doubled.status, 404, "{}", doubled.body);
+    assert_ne!(
+        doubled.header("x-meshwasm-route"),
+        Some("rule=legacy-prefix; lane=none")
+    );
+}

@@ -122,7 +122,11 @@ fn an_unknown_plugin_name_is_refused_and_envoy_keeps_serving() {
         "the log names the root id and the accepted ones:\n{}",
         mesh.dump_logs()
     );
-    let filter = "extension_config_discovery.http_filter.extensions.istio.io/trafficextension/istio-system.telemetry-ingress~istio-translated-wasmplugin";
+    let filter = format!(
+        "extension_config_discovery.http_filter.{}",
+        mesh.istio_release
+            .filter_name("istio-system", "telemetry-ingress")
+    );
     assert_eq!(
         mesh.stat(INGRESS, &format!("{filter}.update_rejected"))
             .unwrap(),

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use jsonschema::error::ValidationErrorKind;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::paths;
@@ -163,13 +164,11 @@ impl CrdStore {
     }
 }
 
-/// Reads every `*.yaml` CRD in `dir`, keyed by (group, kind).
+/// Reads every CustomResourceDefinition in the `*.yaml` files of `dir`, keyed
+/// by (group, kind). A file may hold one CRD or many (Istio's
+/// `crd-all.gen.yaml` bundle); other documents are ignored.
 fn load_crds(dir: &Path) -> Result<CrdIndex, String> {
-    let hint = format!(
-        "set {} to the folder holding Istio's CRD YAML files (default {})",
-        super::CRDS_ENV,
-        super::default_crds_dir().display()
-    );
+    let hint = super::crds_hint();
     let entries = std::fs::read_dir(dir).map_err(|e| {
         format!(
             "cannot read the Istio CRD folder {}: {e}; {hint}",
@@ -185,36 +184,20 @@ fn load_crds(dir: &Path) -> Result<CrdIndex, String> {
     for file in files {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let doc: Value = serde_yaml::from_str(&text)
-            .map_err(|e| format!("{}: invalid YAML: {e}", file.display()))?;
-        if doc.get("kind").and_then(Value::as_str) != Some("CustomResourceDefinition") {
-            continue;
+        for (position, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let doc = Value::deserialize(document).map_err(|e| {
+                format!(
+                    "{} document {}: invalid YAML: {e}",
+                    file.display(),
+                    position + 1
+                )
+            })?;
+            if doc.get("kind").and_then(Value::as_str) != Some("CustomResourceDefinition") {
+                continue;
+            }
+            let (key, crd) = parse_crd(&file, &doc)?;
+            crds.insert(key, crd);
         }
-        let spec = &doc["spec"];
-        let (Some(group), Some(kind)) = (spec["group"].as_str(), spec["names"]["kind"].as_str())
-        else {
-            return Err(format!(
-                "{}: CRD without spec.group or spec.names.kind",
-                file.display()
-            ));
-        };
-        let versions = spec["versions"]
-            .as_array()
-            .map(|versions| {
-                versions
-                    .iter()
-                    .map(|v| CrdVersion {
-                        name: v["name"].as_str().unwrap_or_default().to_string(),
-                        served: v["served"].as_bool().unwrap_or(false),
-                        schema: v["schema"]["openAPIV3Schema"].clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        crds.insert(
-            (group.to_string(), kind.to_string()),
-            Crd { file, versions },
-        );
     }
     if crds.is_empty() {
         return Err(format!(
@@ -223,6 +206,34 @@ fn load_crds(dir: &Path) -> Result<CrdIndex, String> {
         ));
     }
     Ok(crds)
+}
+
+fn parse_crd(file: &Path, doc: &Value) -> Result<((String, String), Crd), String> {
+    let spec = &doc["spec"];
+    let (Some(group), Some(kind)) = (spec["group"].as_str(), spec["names"]["kind"].as_str()) else {
+        return Err(format!(
+            "{}: CRD without spec.group or spec.names.kind",
+            file.display()
+        ));
+    };
+    let versions = spec["versions"]
+        .as_array()
+        .map(|versions| {
+            versions
+                .iter()
+                .map(|v| CrdVersion {
+                    name: v["name"].as_str().unwrap_or_default().to_string(),
+                    served: v["served"].as_bool().unwrap_or(false),
+                    schema: v["schema"]["openAPIV3Schema"].clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let crd = Crd {
+        file: file.to_path_buf(),
+        versions,
+    };
+    Ok(((group.to_string(), kind.to_string()), crd))
 }
 
 /// Rewrites a structural schema into a JSON Schema (draft 4) that the
@@ -525,6 +536,36 @@ fn short_json(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tiny_crd(group: &str, kind: &str) -> String {
+        format!(
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nspec:\n  group: {group}\n  names: {{kind: {kind}}}\n  versions:\n  - name: v1\n    served: true\n    schema:\n      openAPIV3Schema: {{type: object}}\n"
+        )
+    }
+
+    #[test]
+    fn a_bundle_file_yields_every_crd_it_holds() {
+        let dir = std::env::temp_dir().join(format!("meshwasm-crd-bundle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bundle = format!(
+            "# DO NOT EDIT\n{}---\napiVersion: v1\nkind: ConfigMap\n---\n{}",
+            tiny_crd("a.istio.io", "One"),
+            tiny_crd("b.istio.io", "Two")
+        );
+        std::fs::write(dir.join("crd-all.gen.yaml"), bundle).unwrap();
+        std::fs::write(dir.join("README.md"), "not read").unwrap();
+        let crds = load_crds(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut kinds: Vec<_> = crds.unwrap().into_keys().collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            [
+                ("a.istio.io".to_string(), "One".to_string()),
+                ("b.istio.io".to_string(), "Two".to_string())
+            ]
+        );
+    }
 
     #[test]
     fn closes_objects_unless_they_preserve_unknown_fields() {
