@@ -292,7 +292,11 @@ impl StringMatch {
 impl<'de> Deserialize<'de> for StringMatch {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        if text.len() > 1 && text[1..text.len() - 1].contains('*') {
+        // `*` anywhere but the first or last character.
+        let mut inner = text.chars();
+        inner.next();
+        inner.next_back();
+        if inner.as_str().contains('*') {
             return Err(serde::de::Error::custom(format!(
                 "`{text}`: `*` may only start or end a value"
             )));
@@ -559,8 +563,10 @@ impl Validate for AuthzConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         validate_all(&self.providers).map_err(|err| err.within("providers"))?;
         for (index, provider) in self.providers.iter().enumerate() {
-            let duplicate = self.providers[..index]
+            let duplicate = self
+                .providers
                 .iter()
+                .take(index)
                 .any(|other| other.issuer == provider.issuer);
             if duplicate {
                 return Err(ConfigError::new(
@@ -571,8 +577,10 @@ impl Validate for AuthzConfig {
         }
         validate_all(&self.rules).map_err(|err| err.within("rules"))?;
         for (index, rule) in self.rules.iter().enumerate() {
-            if self.rules[..index]
+            if self
+                .rules
                 .iter()
+                .take(index)
                 .any(|other| other.name == rule.name)
             {
                 return Err(ConfigError::new(
@@ -753,5 +761,22 @@ mod tests {
             err(r#"{"rules":[{"name":"a","action":"ALLOW","hosts":["a*b*"]}]}"#).field
                 == "rules[0].hosts[0]"
         );
+    }
+
+    #[test]
+    fn multibyte_string_matches_parse() {
+        let parse = |value: &str| {
+            let raw = format!(
+                r#"{{"rules":[{{"name":"a","action":"ALLOW","request_principals":["{value}"]}}]}}"#
+            );
+            meshwasm_shared::config::parse::<AuthzConfig>(Some(raw.as_bytes()))
+        };
+        for ok in ["é", "café", "*é", "é*", "*"] {
+            assert!(parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["é*é", "é*é*", "*é*é"] {
+            let field = parse(bad).unwrap_err().field;
+            assert_eq!(field, "rules[0].request_principals[0]", "{bad}");
+        }
     }
 }

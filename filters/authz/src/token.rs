@@ -50,11 +50,10 @@ pub fn extract(
                     // Repeated headers may arrive joined with commas; a JWT
                     // never contains one, so each part is a token of its own.
                     for part in value.split(',').map(str::trim_start) {
-                        let starts = part
-                            .get(..prefix.len())
-                            .is_some_and(|head| head.eq_ignore_ascii_case(prefix));
-                        if starts {
-                            take(part[prefix.len()..].trim(), location);
+                        if let Some((head, rest)) = part.split_at_checked(prefix.len()) {
+                            if head.eq_ignore_ascii_case(prefix) {
+                                take(rest.trim(), location);
+                            }
                         }
                     }
                 }

@@ -352,7 +352,12 @@ impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         validate_all(&self.policies).map_err(|err| err.within("policies"))?;
         for (index, policy) in self.policies.iter().enumerate() {
-            if self.policies[..index].iter().any(|p| p.name == policy.name) {
+            if self
+                .policies
+                .iter()
+                .take(index)
+                .any(|p| p.name == policy.name)
+            {
                 return Err(ConfigError::new(
                     format!("policies[{index}].name"),
                     format!("duplicate policy name `{}`", policy.name),

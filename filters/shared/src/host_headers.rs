@@ -26,8 +26,9 @@ extern "C" {
 pub fn decode_map(bytes: &[u8]) -> Vec<(String, String)> {
     let read_u32 = |at: usize| {
         bytes
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .get(at..)
+            .and_then(<[u8]>::first_chunk::<4>)
+            .map(|b| u32::from_le_bytes(*b) as usize)
     };
     let Some(count) = read_u32(0) else {
         return Vec::new();

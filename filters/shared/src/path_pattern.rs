@@ -74,7 +74,10 @@ impl PathPattern {
                     ))
                 }
                 part if part.starts_with('{') && part.ends_with('}') => {
-                    let name = &part[1..part.len() - 1];
+                    let name = part
+                        .strip_prefix('{')
+                        .and_then(|inner| inner.strip_suffix('}'))
+                        .unwrap_or_default();
                     if name != "*"
                         && (name.is_empty()
                             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))

@@ -219,11 +219,10 @@ fn is_id(text: &str, len: usize) -> bool {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+        out.extend(char::from_digit(u32::from(byte >> 4), 16));
+        out.extend(char::from_digit(u32::from(byte & 0x0f), 16));
     }
     out
 }
@@ -254,6 +253,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::string_slice)] // ASCII fixtures
     fn strict_traceparent_refusals() {
         let upper = TRACE.to_uppercase();
         let bad = [
