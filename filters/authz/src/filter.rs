@@ -8,7 +8,7 @@ use crate::keys::KeySet;
 use crate::token::{self, Location};
 use meshwasm_shared::metrics::{tagged_name, Metrics};
 use meshwasm_shared::shared_data::HostStore;
-use meshwasm_shared::{filter_state, headers, host_headers};
+use meshwasm_shared::{filter_state, headers, host_headers, unconfigured};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MapType};
 use std::cell::RefCell;
@@ -297,10 +297,10 @@ impl RootContext for AuthzRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(AuthzRequest {
-            state: self.state.clone(),
-            fetch: None,
-        }))
+        let Some(state) = self.state.clone() else {
+            return unconfigured::http_context();
+        };
+        Some(Box::new(AuthzRequest { state, fetch: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -309,7 +309,7 @@ impl RootContext for AuthzRoot {
 }
 
 pub struct AuthzRequest {
-    state: Option<Rc<RefCell<State>>>,
+    state: Rc<RefCell<State>>,
     /// A JWKS fetch this request waits for: (call token, provider index).
     fetch: Option<(u32, usize)>,
 }
@@ -484,14 +484,12 @@ impl Context for AuthzRequest {
         let Some((expected, provider)) = self.fetch.take() else {
             return;
         };
-        let Some(state) = self.state.clone() else {
-            return;
-        };
         if expected != token_id {
             return;
         }
         let (status, body) = read_fetch_response(self, body_size);
         let now = now_secs(self);
+        let state = Rc::clone(&self.state);
         let mut state = state.borrow_mut();
         state.accept_fetch(provider, status.as_deref(), body, now);
         let incoming = Incoming::read();
@@ -504,12 +502,7 @@ impl Context for AuthzRequest {
 
 impl HttpContext for AuthzRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(state) = self.state.clone() else {
-            // Not configured: Envoy applies the plugin's fail strategy before
-            // we get here; refuse rather than pass unchecked traffic.
-            proxy_wasm::hostcalls::send_http_response(503, vec![], None).ok();
-            return Action::Pause;
-        };
+        let state = Rc::clone(&self.state);
         let mut state = state.borrow_mut();
         // Anti-spoofing: only this filter sets its identity headers.
         for header in &state.engine.owned_headers {

@@ -10,7 +10,7 @@ use meshwasm_shared::headers::{self, split_path};
 use meshwasm_shared::metrics::{tagged_name, Metrics};
 use meshwasm_shared::problem::Problem;
 use meshwasm_shared::shared_data::HostStore;
-use meshwasm_shared::{filter_state, host_headers};
+use meshwasm_shared::{filter_state, host_headers, unconfigured};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MapType};
@@ -177,8 +177,11 @@ impl RootContext for BreakerRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let Some(loaded) = self.loaded.clone() else {
+            return unconfigured::http_context();
+        };
         Some(Box::new(BreakerStream {
-            loaded: self.loaded.clone(),
+            loaded,
             shared: Rc::clone(&self.shared),
             admitted: None,
         }))
@@ -200,7 +203,7 @@ struct InFlight {
 }
 
 struct BreakerStream {
-    loaded: Option<Rc<Loaded>>,
+    loaded: Rc<Loaded>,
     shared: Rc<RefCell<Shared>>,
     admitted: Option<InFlight>,
 }
@@ -337,9 +340,10 @@ impl BreakerStream {
     /// Records the admitted call's outcome once, for response `status`;
     /// `with_details`: read Envoy's failure flags and details too.
     fn finish(&mut self, status: Option<u16>, with_details: bool) {
-        let (Some(loaded), Some(in_flight)) = (self.loaded.clone(), self.admitted.take()) else {
+        let Some(in_flight) = self.admitted.take() else {
             return;
         };
+        let loaded = Rc::clone(&self.loaded);
         let (flags, details) = if with_details {
             (
                 property_u64(&["response", "flags"]).unwrap_or(0),
@@ -383,9 +387,7 @@ impl Context for BreakerStream {}
 
 impl HttpContext for BreakerStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(loaded) = self.loaded.clone() else {
-            return Action::Continue;
-        };
+        let loaded = Rc::clone(&self.loaded);
         let host = Host {
             request_headers: host_headers::request(),
         };

@@ -4,7 +4,7 @@
 use crate::config::{ClaimsSource, Config};
 use crate::engine::{Decision, Outcome, RequestView, Router};
 use meshwasm_shared::metrics::{tagged_name, Metrics};
-use meshwasm_shared::{filter_state, headers, host_headers};
+use meshwasm_shared::{filter_state, headers, host_headers, unconfigured};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MapType};
@@ -45,7 +45,9 @@ impl RootContext for RoutingRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let router = self.router.clone()?;
+        let Some(router) = self.router.clone() else {
+            return unconfigured::http_context();
+        };
         Some(Box::new(RoutingHttp {
             router,
             metrics: Rc::clone(&self.metrics),

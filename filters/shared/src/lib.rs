@@ -18,3 +18,4 @@ pub mod metrics;
 pub mod path_pattern;
 pub mod problem;
 pub mod shared_data;
+pub mod unconfigured;

@@ -2,9 +2,9 @@
 //! instead of one VM per filter per thread. Each WasmPlugin picks its filter
 //! by `pluginName`, which Istio passes to Envoy as the plugin's root id.
 
-use meshwasm_shared::problem::Problem;
+use meshwasm_shared::unconfigured;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use proxy_wasm::types::ContextType;
 
 /// The filters this module serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,31 +73,12 @@ impl RootContext for UnknownRoot {
         false
     }
 
-    // Envoy creates no stream for a plugin that failed to configure; should
-    // one come anyway, it is refused rather than passed unfiltered.
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Unconfigured))
+        unconfigured::http_context()
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
-    }
-}
-
-struct Unconfigured;
-
-impl Context for Unconfigured {}
-
-impl HttpContext for Unconfigured {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        Problem::new(
-            503,
-            "plugin-unconfigured",
-            "Plugin not configured",
-            "the meshwasm module does not serve this plugin's root id",
-        )
-        .send(&[]);
-        Action::Pause
     }
 }
 

@@ -14,7 +14,7 @@ use crate::report::{
 use crate::trace::{self, Incoming, Origin, TraceContext};
 use meshwasm_shared::metrics::Metrics;
 use meshwasm_shared::shared_data::HostStore;
-use meshwasm_shared::{filter_state, headers, host_headers, host_log};
+use meshwasm_shared::{filter_state, headers, host_headers, host_log, unconfigured};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
@@ -137,9 +137,11 @@ impl RootContext for TelemetryRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Never `None`: the SDK panics on it. Unconfigured means pass-through.
+        let Some(state) = self.state.clone() else {
+            return unconfigured::http_context();
+        };
         Some(Box::new(TelemetryHttp {
-            state: self.state.clone(),
+            state,
             request: None,
         }))
     }
@@ -160,7 +162,7 @@ struct RequestState {
 }
 
 struct TelemetryHttp {
-    state: Option<Rc<RefCell<VmState>>>,
+    state: Rc<RefCell<VmState>>,
     request: Option<RequestState>,
 }
 
@@ -233,9 +235,7 @@ impl TelemetryHttp {
 
 impl HttpContext for TelemetryHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(state) = self.state.clone() else {
-            return Action::Continue;
-        };
+        let state = Rc::clone(&self.state);
         let mut vm = state.borrow_mut();
         let reporter = Self::reporter(vm.config.reporter);
         let workload = vm.workload();
@@ -294,9 +294,10 @@ impl HttpContext for TelemetryHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let (Some(state), Some(mut request)) = (self.state.clone(), self.request.take()) else {
+        let Some(mut request) = self.request.take() else {
             return Action::Continue;
         };
+        let state = Rc::clone(&self.state);
         let mut vm = state.borrow_mut();
         if vm.config.peer_headers {
             if !request.destination_resolved {
@@ -322,9 +323,10 @@ impl HttpContext for TelemetryHttp {
     }
 
     fn on_log(&mut self) {
-        let (Some(state), Some(request)) = (self.state.clone(), self.request.take()) else {
+        let Some(request) = self.request.take() else {
             return;
         };
+        let state = Rc::clone(&self.state);
         let mut vm = state.borrow_mut();
         let vm = &mut *vm;
         let duration_ns = i64_property(vec!["request", "duration"]);
