@@ -319,7 +319,9 @@ impl Engine {
                 ));
             }
             for mapping in &provider.claims_to_headers {
-                if let Some(value) = claims::lookup(&verified.claims, &mapping.claim) {
+                if let Some(value) =
+                    meshwasm_shared::claims::lookup(&verified.claims, &mapping.claim)
+                {
                     let value = claims::header_value(value);
                     // Header values cannot carry control characters.
                     if !value.bytes().any(|b| b.is_ascii_control()) {

@@ -3,8 +3,8 @@
 //! rules never change the decision: they are evaluated as if enforced and
 //! reported when the shadow decision would deny.
 
-use crate::claims;
 use crate::config::{Action, ClaimCondition, Rule, StringMatch};
+use meshwasm_shared::claims;
 use serde_json::Value;
 
 /// What rules look at.
@@ -34,24 +34,6 @@ pub struct Evaluation {
     /// Set when enforcing the dry-run rules too would deny: the dry-run DENY
     /// rule that matched, or `no-allow-match`.
     pub dry_run_deny: Option<String>,
-}
-
-/// `host` without a trailing `:port` (IPv6 literals keep their brackets).
-fn strip_port(host: &str) -> &str {
-    match host.rsplit_once(':') {
-        Some((name, port))
-            if port.bytes().all(|b| b.is_ascii_digit())
-                && (!name.contains(':') || name.ends_with(']')) =>
-        {
-            name
-        }
-        _ => host,
-    }
-}
-
-/// Like Istio, a host pattern matches the authority with or without its port.
-fn host_matches(pattern: &StringMatch, host: &str) -> bool {
-    pattern.matches_ignore_case(host) || pattern.matches_ignore_case(strip_port(host))
 }
 
 fn claim_holds(condition: &ClaimCondition, claims: Option<&Value>) -> bool {
@@ -106,8 +88,8 @@ pub fn rule_matches(rule: &Rule, request: &RequestView) -> bool {
             .principal
             .is_some_and(|principal| pattern.matches(principal))
     };
-    any_or_empty(&rule.hosts, |h| host_matches(h, request.host))
-        && none(&rule.not_hosts, |h| host_matches(h, request.host))
+    any_or_empty(&rule.hosts, |h| h.matches(request.host))
+        && none(&rule.not_hosts, |h| h.matches(request.host))
         && any_or_empty(&rule.methods, |m| m == request.method)
         && none(&rule.not_methods, |m| m == request.method)
         && any_or_empty(&rule.paths, |p| p.matches(request.path))

@@ -2,7 +2,9 @@
 //! documented in the crate README; `validate` adds the range checks serde
 //! cannot express, naming the offending field.
 
+use meshwasm_shared::claims;
 use meshwasm_shared::config::{validate_all, ConfigError, Validate};
+use meshwasm_shared::host_pattern::HostPattern;
 use meshwasm_shared::path_pattern::PathPattern;
 use serde::{de, Deserialize, Deserializer};
 use std::collections::BTreeMap;
@@ -70,7 +72,7 @@ pub struct Match {
     pub methods: Vec<String>,
     /// `:authority` patterns: `payment`, `payment*`, `*.svc.cluster.local`, `*`.
     #[serde(default)]
-    pub hosts: Vec<String>,
+    pub hosts: Vec<HostPattern>,
 }
 
 /// A path pattern parsed while the config is read, so errors carry the field.
@@ -98,7 +100,7 @@ pub enum KeyPart {
     /// A request header's value, e.g. a tenant header.
     Header { name: String },
     /// A claim of the token the authz filter verified (`meshwasm.authz.claims`),
-    /// by dotted path, e.g. `tenant` or `org.id`.
+    /// by claim path ([`claims`]), e.g. `tenant` or `org.id`.
     Claim { name: String },
 }
 
@@ -403,14 +405,6 @@ impl Validate for Policy {
                 ));
             }
         }
-        for (index, host) in self.matcher.hosts.iter().enumerate() {
-            if host.is_empty() || host.trim_matches('*').contains('*') {
-                return Err(ConfigError::new(
-                    format!("match.hosts[{index}]"),
-                    "must be a host with at most a leading or trailing `*`",
-                ));
-            }
-        }
         if self.key.is_empty() {
             return Err(ConfigError::new("key", "needs at least one part"));
         }
@@ -422,9 +416,7 @@ impl Validate for Policy {
                         "must be a lower-case header name",
                     ))
                 }
-                KeyPart::Claim { name }
-                    if name.is_empty() || name.split('.').any(str::is_empty) =>
-                {
+                KeyPart::Claim { name } if !claims::is_path(name) => {
                     return Err(ConfigError::new(
                         format!("key[{index}].name"),
                         "must be a claim name or dotted path",
@@ -647,6 +639,10 @@ mod tests {
         assert_eq!(
             err(r#"{"policies":[{"name":"a","match":{"paths":["/a*b"]}}]}"#).field,
             "policies[0].match.paths[0]"
+        );
+        assert_eq!(
+            err(r#"{"policies":[{"name":"a","match":{"hosts":["pay*ment"]}}]}"#).field,
+            "policies[0].match.hosts[0]"
         );
         assert_eq!(
             err(r#"{"policies":[{"name":"a","trip":{"window":{"kind":"count","size":0}}}]}"#).field,

@@ -3,6 +3,7 @@
 
 use crate::breaker::Spec;
 use crate::config::{Config, Failure, KeyPart, Policy};
+use meshwasm_shared::claims;
 use std::rc::Rc;
 
 /// Longest key part kept; longer values are cut (keys stay bounded in size).
@@ -80,7 +81,7 @@ fn matches(policy: &Policy, request: &Request<'_>) -> Option<String> {
         && !matcher
             .hosts
             .iter()
-            .any(|pattern| host_matches(pattern, request.authority))
+            .any(|pattern| pattern.matches(request.authority))
     {
         return None;
     }
@@ -92,29 +93,6 @@ fn matches(policy: &Policy, request: &Request<'_>) -> Option<String> {
         .iter()
         .find(|pattern| pattern.0.matches(request.path))
         .map(|pattern| pattern.0.to_string())
-}
-
-/// `payment`, `payment*`, `*.svc.cluster.local` or `*`, case-insensitive,
-/// against the authority with and without its port.
-fn host_matches(pattern: &str, authority: &str) -> bool {
-    let authority = authority.to_ascii_lowercase();
-    let pattern = pattern.to_ascii_lowercase();
-    let host = match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority.as_str(),
-    };
-    let fits = |candidate: &str| {
-        if pattern == "*" {
-            true
-        } else if let Some(prefix) = pattern.strip_suffix('*') {
-            candidate.starts_with(prefix)
-        } else if let Some(suffix) = pattern.strip_prefix('*') {
-            candidate.ends_with(suffix)
-        } else {
-            candidate == pattern
-        }
-    };
-    fits(&authority) || fits(host)
 }
 
 /// The facts a key part may need, fetched lazily by the glue.
@@ -144,24 +122,12 @@ pub fn breaker_key(active: &Active, route: &str, source: &impl KeySource) -> Str
                         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
                 })
                 .as_ref()
-                .and_then(|claims| claim(claims, name)),
+                .and_then(|claims| claims::lookup_text(claims, name)),
         };
         key.push('|');
         push_sanitized(&mut key, value.as_deref().unwrap_or(MISSING));
     }
     key
-}
-
-fn claim(claims: &serde_json::Value, path: &str) -> Option<String> {
-    let value = path
-        .split('.')
-        .try_fold(claims, |value, name| value.get(name))?;
-    match value {
-        serde_json::Value::String(text) => Some(text.clone()),
-        serde_json::Value::Number(number) => Some(number.to_string()),
-        serde_json::Value::Bool(flag) => Some(flag.to_string()),
-        _ => None,
-    }
 }
 
 fn push_sanitized(key: &mut String, value: &str) {
@@ -291,23 +257,6 @@ mod tests {
         policies(r#"{"default_policy":null}"#)
     }
 
-    #[test]
-    fn hosts_match_with_or_without_port_and_case() {
-        assert!(host_matches("payment", "payment:8080"));
-        assert!(host_matches("payment", "PAYMENT"));
-        assert!(host_matches(
-            "payment*",
-            "payment.order-app.svc.cluster.local:80"
-        ));
-        assert!(host_matches(
-            "*.cluster.local",
-            "payment.order-app.svc.cluster.local:80"
-        ));
-        assert!(host_matches("*", "anything"));
-        assert!(!host_matches("payment", "payments"));
-        assert!(!host_matches("pay*", "inventory"));
-    }
-
     struct Facts {
         cluster: Option<&'static str>,
         claims: Option<&'static str>,
@@ -355,6 +304,20 @@ mod tests {
             breaker_key(&active, &route, &bare),
             "p|payment:8080|payment:8080|/a|acme_evil_co|-|-|-"
         );
+    }
+
+    #[test]
+    fn claim_parts_read_url_named_and_boolean_claims() {
+        let policies = policies(
+            r#"{"policies":[{"name":"p","key":[
+                {"source":"claim","name":"https://x.io/tenant"},{"source":"claim","name":"beta"}]}]}"#,
+        );
+        let (active, route) = policies.select(&request("GET", "payment", "/a")).unwrap();
+        let facts = Facts {
+            cluster: None,
+            claims: Some(r#"{"https://x.io/tenant":"acme","beta":true}"#),
+        };
+        assert_eq!(breaker_key(&active, &route, &facts), "p|acme|true");
     }
 
     #[test]

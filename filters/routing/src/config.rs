@@ -3,8 +3,10 @@
 
 use crate::baggage::is_token;
 use crate::hash::BUCKETS;
-use crate::matcher::{HostPattern, NamedMatch, Pattern};
+use crate::matcher::{NamedMatch, Pattern};
+use meshwasm_shared::claims;
 use meshwasm_shared::config::{ConfigError, Validate};
+use meshwasm_shared::host_pattern::HostPattern;
 use meshwasm_shared::path_pattern::PathPattern;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const DEFAULT_LANE_HEADER: &str = "x-meshwasm-lane";
 pub const DEFAULT_LANE_BAGGAGE_KEY: &str = "meshwasm-lane";
 const MAX_LANE_LEN: usize = 64;
+const CLAIM_PATH_EXPECTED: &str = "must be a claim name or dotted path";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -501,6 +504,14 @@ impl Match {
                     .map_err(|e| e.within(format!("{field}[{index}]")))?;
             }
         }
+        for (index, matcher) in self.claims.iter().enumerate() {
+            if !claims::is_path(&matcher.name) {
+                return Err(ConfigError::new(
+                    format!("claims[{index}].name"),
+                    CLAIM_PATH_EXPECTED,
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -537,6 +548,9 @@ impl StickyKey {
         };
         if name.is_empty() {
             return Err(ConfigError::new(field, "must not be empty"));
+        }
+        if matches!(self, Self::Claim(_)) && !claims::is_path(name) {
+            return Err(ConfigError::new(field, CLAIM_PATH_EXPECTED));
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use crate::config::{
 };
 use crate::hash::{bucket, percent_to_buckets};
 use crate::matcher::NamedMatch;
-use meshwasm_shared::headers;
+use meshwasm_shared::{claims, headers, host_pattern};
 use serde_json::Value;
 
 /// What the filter sees of a request (owned headers already removed).
@@ -400,19 +400,18 @@ impl Context<'_> {
             .filter_map(move |(_, value)| headers::cookie(value, name))
     }
 
-    /// A claim's values as strings: strings as they are, booleans and
-    /// numbers in JSON form, arrays element by element.
+    /// A claim's values as text ([`claims`]), arrays element by element.
     fn claim_values(&self, name: &str) -> Vec<String> {
         let Some(claim) = self
             .request
             .claims
-            .and_then(|claims| find_claim(claims, name))
+            .and_then(|claims| claims::lookup(claims, name))
         else {
             return Vec::new();
         };
         match claim {
-            Value::Array(items) => items.iter().filter_map(scalar_text).collect(),
-            other => scalar_text(other).into_iter().collect(),
+            Value::Array(items) => items.iter().filter_map(claims::scalar_text).collect(),
+            other => claims::scalar_text(other).into_iter().collect(),
         }
     }
 
@@ -424,7 +423,7 @@ impl Context<'_> {
             (Some(host), Some(port)) => format!("{host}:{port}"),
             (Some(host), None) => host.clone(),
             (None, Some(port)) => {
-                let bare = crate::matcher::strip_port(request.authority);
+                let (bare, _) = host_pattern::split_authority(request.authority);
                 if bare.contains(':') {
                     format!("[{bare}]:{port}")
                 } else {
@@ -444,25 +443,6 @@ impl Context<'_> {
             }
             _ => format!("{scheme}://{host}{new_path}"),
         }
-    }
-}
-
-/// Looks `name` up as a top-level claim first (names like
-/// `https://example.com/groups` contain dots), then as a dotted path.
-fn find_claim<'v>(claims: &'v Value, name: &str) -> Option<&'v Value> {
-    if let Some(value) = claims.get(name) {
-        return Some(value);
-    }
-    name.split('.')
-        .try_fold(claims, |value, part| value.get(part))
-}
-
-fn scalar_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(text) => Some(text.clone()),
-        Value::Bool(flag) => Some(flag.to_string()),
-        Value::Number(number) => Some(number.to_string()),
-        _ => None,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Value matchers used by rules: a named value (header, query parameter,
 //! cookie, claim, baggage member) compared with exact/prefix/suffix/contains/
-//! regex, or only tested for presence; and host patterns.
+//! regex, or only tested for presence.
 
 use meshwasm_shared::config::ConfigError;
 use serde::{Deserialize, Deserializer};
@@ -109,67 +109,6 @@ impl NamedMatch {
     }
 }
 
-/// A `:authority` pattern: `*`, `*.example.com`, `api.*` or an exact host.
-/// Case-insensitive; the port is ignored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    Any,
-    Suffix(String),
-    Prefix(String),
-    Exact(String),
-}
-
-impl HostPattern {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let lower = text.to_ascii_lowercase();
-        if lower == "*" {
-            return Ok(Self::Any);
-        }
-        let pattern = if let Some(rest) = lower.strip_prefix('*') {
-            Self::Suffix(rest.to_owned())
-        } else if let Some(rest) = lower.strip_suffix('*') {
-            Self::Prefix(rest.to_owned())
-        } else {
-            Self::Exact(lower.clone())
-        };
-        match &pattern {
-            Self::Suffix(rest) | Self::Prefix(rest) | Self::Exact(rest)
-                if rest.is_empty() || rest.contains(['*', ':', '/', ' ']) =>
-            {
-                Err(format!(
-                    "host `{text}`: use `*`, `*.suffix`, `prefix*` or a host without port"
-                ))
-            }
-            _ => Ok(pattern),
-        }
-    }
-
-    pub fn matches(&self, authority: &str) -> bool {
-        let host = strip_port(authority).to_ascii_lowercase();
-        match self {
-            Self::Any => true,
-            Self::Suffix(suffix) => host.ends_with(suffix.as_str()),
-            Self::Prefix(prefix) => host.starts_with(prefix.as_str()),
-            Self::Exact(exact) => host == *exact,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for HostPattern {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// `host:port`, `[v6]:port`, `host` → the host part.
-pub fn strip_port(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    authority.split(':').next().unwrap_or(authority)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,29 +154,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bad regex"), "{err}");
-    }
-
-    #[test]
-    fn hosts() {
-        let host = |p: &str, a: &str| HostPattern::parse(p).unwrap().matches(a);
-        assert!(host("*", "anything:80"));
-        assert!(host("*.example.com", "API.example.com:8443"));
-        assert!(!host("*.example.com", "example.org"));
-        assert!(host(
-            "inventory*",
-            "inventory.inventory-app.svc.cluster.local"
-        ));
-        assert!(host("order", "order:8080"));
-        assert!(!host("order", "orders"));
-        for bad in ["", "a*b", "host:80", "a/b"] {
-            assert!(HostPattern::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn ports_are_stripped() {
-        assert_eq!(strip_port("a:1"), "a");
-        assert_eq!(strip_port("a"), "a");
-        assert_eq!(strip_port("[::1]:80"), "::1");
     }
 }

@@ -72,7 +72,7 @@ pub enum TenantSource {
     /// A request header, e.g. `{"header": "x-tenant-id"}`.
     Header(String),
     /// A claim of the token the authz filter verified (filter state
-    /// `meshwasm.authz.claims`), dotted for nesting: `{"claim": "org.tenant"}`.
+    /// `meshwasm.authz.claims`), by claim path: `{"claim": "org.tenant"}`.
     Claim(String),
 }
 
@@ -205,9 +205,7 @@ impl Validate for Config {
         }
         match &self.tenant {
             Some(TenantSource::Header(name)) => check_header_name("tenant.header", name)?,
-            Some(TenantSource::Claim(claim))
-                if claim.is_empty() || claim.split('.').any(str::is_empty) =>
-            {
+            Some(TenantSource::Claim(claim)) if !meshwasm_shared::claims::is_path(claim) => {
                 return Err(ConfigError::new(
                     "tenant.claim",
                     format!("`{claim}` is not a claim name (dotted for nesting)"),

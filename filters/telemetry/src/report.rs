@@ -5,6 +5,7 @@ use crate::labels::{
     response_code_labels, RequestLabels, REQUESTS_TOTAL, REQUEST_BYTES, REQUEST_DURATION,
     RESPONSE_BYTES,
 };
+use meshwasm_shared::claims;
 use meshwasm_shared::metrics::{MetricSink, Metrics};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -85,18 +86,10 @@ pub fn request_finished<S: MetricSink>(
     metrics.histogram(&names.response_bytes, observation.response_bytes);
 }
 
-/// A claim from the verified token payload, dotted for nesting
-/// (`org.tenant`). Strings and numbers qualify; anything else does not.
+/// The scalar claim at `path` ([`claims`]) in the verified token payload.
 pub fn claim_value(claims_json: &[u8], path: &str) -> Option<String> {
     let claims: serde_json::Value = serde_json::from_slice(claims_json).ok()?;
-    let value = path
-        .split('.')
-        .try_fold(&claims, |value, key| value.get(key))?;
-    match value {
-        serde_json::Value::String(text) => Some(text.clone()),
-        serde_json::Value::Number(number) => Some(number.to_string()),
-        _ => None,
-    }
+    claims::lookup_text(&claims, path)
 }
 
 /// Envoy serializes integer and duration properties as 8 little-endian bytes
@@ -238,8 +231,14 @@ mod tests {
     #[test]
     fn claims() {
         let claims =
-            br#"{"sub":"u1","tenant":"acme","org":{"id":42,"tenant":"globex"},"roles":["a"]}"#;
+            br#"{"sub":"u1","tenant":"acme","org":{"id":42,"tenant":"globex"},"roles":["a"],
+            "https://x.io/tenant":"initech","beta":true}"#;
         assert_eq!(claim_value(claims, "tenant").as_deref(), Some("acme"));
+        assert_eq!(
+            claim_value(claims, "https://x.io/tenant").as_deref(),
+            Some("initech")
+        );
+        assert_eq!(claim_value(claims, "beta").as_deref(), Some("true"));
         assert_eq!(claim_value(claims, "org.tenant").as_deref(), Some("globex"));
         assert_eq!(claim_value(claims, "org.id").as_deref(), Some("42"));
         assert_eq!(claim_value(claims, "roles"), None);

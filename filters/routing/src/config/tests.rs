@@ -191,6 +191,22 @@ fn semantic_errors_are_named() {
         "empty",
     );
     assert_refused(
+        rule(json!({"split": {"key": {"claim": "org..id"},
+            "variants": [{"lane": "v1", "weight": 100}]}})),
+        "rules[0].action.split.key.claim",
+        "claim name or dotted path",
+    );
+    assert_refused(
+        json!({"rules": [{"name": "r", "match": {"claims": [{"name": "a.", "exact": "1"}]}}]}),
+        "rules[0].match.claims[0].name",
+        "claim name or dotted path",
+    );
+    assert_refused(
+        json!({"rules": [{"name": "r", "match": {"hosts": ["api:http"]}}]}),
+        "rules[0].match.hosts[0]",
+        "host `api:http`",
+    );
+    assert_refused(
         json!({"rules": [{"name": "r"}, {"name": "r"}]}),
         "rules[1].name",
         "twice",

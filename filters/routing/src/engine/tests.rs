@@ -358,6 +358,26 @@ fn redirects_build_the_location() {
 }
 
 #[test]
+fn redirect_ports_keep_ipv6_hosts_bracketed() {
+    let router = router(json!({"rules": [{"name": "tls",
+        "action": {"redirect": {"scheme": "https", "port": 8443}}}]}));
+    for authority in ["[::1]:8080", "::1"] {
+        let request = Req {
+            authority,
+            ..get("/a")
+        };
+        assert_eq!(
+            request.decide(&router).outcome,
+            Outcome::Redirect {
+                status: 302,
+                location: "https://[::1]:8443/a".to_owned()
+            },
+            "{authority}"
+        );
+    }
+}
+
+#[test]
 fn direct_responses() {
     let router = router(
         json!({"rules": [{"name": "maint", "match": {"path": "/maintenance"},
