@@ -44,6 +44,10 @@ fn shipped_manifest_configs_parse_and_route_as_documented() {
     let configs = shipped_configs();
     let names: Vec<&str> = configs.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(names, ["routing-ingress", "routing-order"]);
+    // The debug header would tell every client rule and lane names.
+    for (name, router) in &configs {
+        assert_eq!(router.debug_header(), None, "{name}");
+    }
     let (ingress, order) = (&configs[0].1, &configs[1].1);
 
     // Beta claim: always v2.
