@@ -140,9 +140,10 @@ $(ISTIO_CRDS_CACHE)/.istio-$(ISTIO_VERSION):
 	@rm -rf $(ISTIO_CRDS_CACHE).part && mkdir -p $(ISTIO_CRDS_CACHE).part/testdata
 	@fetch() { curl -fsSL --retry 2 --max-time 60 -o "$$2" "$$1" && \
 	    echo "$$3  $$2" | sha256sum --check --quiet - || { echo "failed or wrong sha256: $$1"; return 1; }; }; \
-	fetch $(ISTIO_CRDS_URL) $(ISTIO_CRDS_CACHE).part/crd-all.gen.yaml $(ISTIO_CRDS_SHA256) || exit 1; \
+	fetched=$(ISTIO_CRDS_CACHE).part; \
+	fetch $(ISTIO_CRDS_URL) $$fetched/crd-all.gen.yaml $(ISTIO_CRDS_SHA256) || { rm -rf $$fetched; exit 1; }; \
 	for pin in $(ISTIO_FIXTURES); do \
-	  fetch $(ISTIO_FIXTURES_URL)/$${pin%%=*} $(ISTIO_CRDS_CACHE).part/testdata/$${pin%%=*} $${pin#*=} || exit 1; \
+	  fetch $(ISTIO_FIXTURES_URL)/$${pin%%=*} $$fetched/testdata/$${pin%%=*} $${pin#*=} || { rm -rf $$fetched; exit 1; }; \
 	done
 	@rm -rf $(ISTIO_CRDS_CACHE) && mv $(ISTIO_CRDS_CACHE).part $(ISTIO_CRDS_CACHE) && touch $@
 

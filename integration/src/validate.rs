@@ -41,11 +41,9 @@ pub const CRDS_ENV: &str = "MESHWASM_ISTIO_CRDS";
 /// the pinned download of Istio's `crd-all.gen.yaml` that `make istio-crds`
 /// verifies and caches under `.tools/istio-crds`.
 pub fn default_crds_dirs() -> [PathBuf; 2] {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    [
-        repo.join("../shared/istio-crds"),
-        repo.join(".tools/istio-crds"),
-    ]
+    let repo = crate::mesh::repo_root();
+    let beside = repo.parent().unwrap_or(&repo).join("shared/istio-crds");
+    [beside, repo.join(".tools/istio-crds")]
 }
 
 /// The CRD folder: [`CRDS_ENV`] when set (used even if it does not exist, so
