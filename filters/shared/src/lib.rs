@@ -10,6 +10,8 @@ pub mod claims;
 pub mod config;
 pub mod duration;
 pub mod filter_state;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod headers;
 pub mod host_headers;
 pub mod host_log;
