@@ -50,12 +50,30 @@ bench/hostcall-probe (`--probe`) once per host operation with the operation
 made once and BENCH_PRICE_COUNT times (default 20) per request, next to the
 empty chain and the no-op floor, and prints ns of Envoy CPU per call
 (`prices.csv`).
+
+Instruction counts: BENCH_INSTRUCTIONS=1 runs every variant's Envoy under
+valgrind's callgrind instead of every timed phase (closed loop, open loop,
+rounds, profile: BENCH_OPEN, BENCH_ROUNDS and BENCH_PROFILE are ignored),
+BENCH_INSTR_JOBS Envoys at a time (default: one per core). Each gets
+INSTR_WARMUP requests uninstrumented (INSTR_MISS_WARMUP for the cache-miss
+variants), then `callgrind_control -i on`, `-z`, N requests
+(BENCH_INSTR_REQUESTS, default 500), `-d`, 2N more, `-d`, all on one
+keep-alive connection and each checked for a 200. The worker thread's
+instructions per request from the two dumps must agree within
+INSTR_AGREEMENT (otherwise a loud warning). Without BENCH_VARIANTS it counts
+every default variant and the host-call price variants (instructions per
+call); BENCH_VARIANTS and BENCH_PRICES select as usual. Writes
+`instructions.md` and `instructions.csv`. Counts do not depend on the
+machine's load; a variant takes 10-60 s.
 """
 
 import argparse
 import base64
+import collections
+import concurrent.futures
 import csv
 import datetime
+import http.client
 import json
 import os
 import random
@@ -405,6 +423,7 @@ def build_variants(dist, noop_module, jwks_by_algorithm):
                     "meshwasm-chain-one-module",
                     "meshwasm-chain from dist/meshwasm.wasm (one module, one VM)",
                     [wasm_filter(name, root_id, combined, config) for name, (root_id, _, config) in configs.items()],
+                    native="native-chain",
                     module_bytes=combined.stat().st_size,
                     expect_without_token=401 if "authz" in meshwasm else None,
                 )
@@ -626,12 +645,13 @@ def requests_counted(admin_port):
 
 
 class Envoy:
-    def __init__(self, binary, variant, workdir, pin, log_level):
+    def __init__(self, binary, variant, workdir, pin, log_level, wrapper=()):
         self.listen_port, self.admin_port = free_ports(2)
         self.config = workdir / f"{variant.name}.json"
         self.config.write_text(json.dumps(bootstrap(variant, self.listen_port, self.admin_port), indent=1))
         self.log_path = workdir / f"{variant.name}.log"
         argv = [
+            *wrapper,
             str(binary),
             "-c", str(self.config),
             "--concurrency", "1",
@@ -826,13 +846,14 @@ def parse_wrk(output):
 # ---------------------------------------------------------------- measurement
 
 
-def start_envoy(binary, variant, workdir, settings, attempts=3):
+def start_envoy(binary, variant, workdir, settings, attempts=3, wrapper=(), ready_timeout=60.0):
     """A ready Envoy and its start-to-ready time; a port taken by someone
-    else between the check and Envoy's bind means a retry on other ports."""
+    else between the check and Envoy's bind means a retry on other ports.
+    `wrapper`: a command Envoy runs under (valgrind)."""
     for attempt in range(attempts):
-        envoy = Envoy(binary, variant, workdir, settings["pin"], settings["log_level"])
+        envoy = Envoy(binary, variant, workdir, settings["pin"], settings["log_level"], wrapper)
         try:
-            return envoy, envoy.wait_ready()
+            return envoy, envoy.wait_ready(ready_timeout)
         except RuntimeError as err:
             envoy.stop()
             if "Address already in use" not in str(err) or attempt == attempts - 1:
@@ -1001,6 +1022,232 @@ def profile_markdown(variants, profiles, settings):
         + "\n".join(rows)
         + "\n"
     )
+
+
+# ---------------------------------------------------------------- instruction counts (callgrind)
+
+# V8 writes code at run time (--smc-check=all); counting starts only once
+# the warm-up is done (--instr-atstart=no); one dump file per thread.
+CALLGRIND = ("valgrind", "--tool=callgrind", "--smc-check=all", "--instr-atstart=no", "--separate-threads=yes")
+# Uninstrumented requests before counting (V8 tiers the hot code up).
+INSTR_WARMUP = 100
+# ... and for the cache-miss variants: twice round their tokens, so that
+# counting starts in a long run's steady state, with full token caches and
+# authz's direct-mapped shared-data slots ~98 % taken (half taken, the dumps
+# differed by 7 % for HS256 misses).
+INSTR_MISS_WARMUP = 2 * MISS_TOKENS
+# Largest relative difference between the two dumps' per-request figures.
+INSTR_AGREEMENT = 0.01
+
+
+def callgrind_total(text):
+    """Instructions (event Ir) in one callgrind dump: its `totals:` line, or
+    else the `summary:` line of the header."""
+    events, figures = ["Ir"], {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == "events":
+            events = value.split()
+        elif key in ("totals", "summary"):
+            figures[key] = value.split()
+    found = figures.get("totals") or figures.get("summary")
+    if not found:
+        raise ValueError("callgrind dump without a totals: or summary: line")
+    return int(found[events.index("Ir")])
+
+
+def dump_files(out_file, dump):
+    """{valgrind thread number: path} of dump number `dump`: with
+    --separate-threads callgrind writes `<out_file>.<dump>-<thread>` (and
+    `<out_file>-<thread>` at exit)."""
+    pattern = re.compile(re.escape(out_file.name) + rf"\.{dump}-(\d+)$")
+    found = {}
+    for path in out_file.parent.iterdir():
+        match = pattern.match(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+def busiest_thread(first, second):
+    """The worker among {thread: instructions} of both dumps. callgrind's
+    dumps name threads by number only, not by name, but with --concurrency 1
+    one worker thread runs every request, while the main thread (stats flush,
+    admin: unused while counting) and V8's platform threads run little after
+    the warm-up: the worker is the thread with the most instructions (for
+    routing 38.9 million over 500 requests, the next thread 23 thousand)."""
+    return max(set(first) & set(second), key=lambda thread: first[thread] + second[thread])
+
+
+def per_request(first, second, requests):
+    """(instructions per request over both dumps, over the first (N
+    requests), over the second (2N requests), relative difference between
+    the two)."""
+    one, two = first / requests, second / (2 * requests)
+    return (first + second) / (3 * requests), one, two, abs(one - two) / min(one, two)
+
+
+class KeepAlive:
+    """The benchmark request, as the wrk scripts send it, over one keep-alive
+    connection; request n carries tokens[n] (cycled: the cache-miss variants
+    get a new token every time)."""
+
+    def __init__(self, port, tokens):
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.tokens = tokens
+        self.sent = 0
+
+    def send(self, count):
+        statuses = collections.Counter()
+        for _ in range(count):
+            token = self.tokens[self.sent % len(self.tokens)]
+            self.sent += 1
+            self.connection.putrequest(REQUEST_METHOD, REQUEST_PATH, skip_host=True, skip_accept_encoding=True)
+            for name, value in {**REQUEST_HEADERS, "Authorization": f"Bearer {token}"}.items():
+                self.connection.putheader(name, value)
+            self.connection.endheaders()
+            response = self.connection.getresponse()
+            response.read()
+            statuses[response.status] += 1
+        wrong = {status: n for status, n in statuses.items() if status != 200}
+        if wrong:
+            raise RuntimeError(f"{sum(wrong.values())} of {count} requests answered {wrong}, not 200")
+
+    def close(self):
+        self.connection.close()
+
+
+def callgrind_control(pid, *options):
+    subprocess.run(["callgrind_control", *options, str(pid)], check=True, capture_output=True, timeout=300)
+
+
+def measure_instructions(binary, variant, workdir, scripts, settings):
+    """Instructions per request of the worker thread, from a callgrind run
+    of the variant's Envoy (see the module docstring)."""
+    _, token, tokens_file = scripts[(variant.algorithm, variant.unique_tokens)]
+    tokens = tokens_file.read_text().split() if tokens_file else [token]
+    out_file = workdir / f"{variant.name}.callgrind"
+    requests = settings["instr_requests"]
+    envoy, _ = start_envoy(
+        binary, variant, workdir, {**settings, "pin": False},
+        wrapper=[*CALLGRIND, f"--callgrind-out-file={out_file}"], ready_timeout=600,
+    )
+    client = KeepAlive(envoy.listen_port, tokens)
+    try:
+        client.send(INSTR_MISS_WARMUP if variant.unique_tokens else INSTR_WARMUP)
+        check_answers(envoy, variant, token)
+        callgrind_control(envoy.pid, "-i", "on")
+        callgrind_control(envoy.pid, "-z")
+        client.send(requests)
+        callgrind_control(envoy.pid, "-d")
+        client.send(2 * requests)
+        callgrind_control(envoy.pid, "-d")
+    finally:
+        client.close()
+        envoy.stop()
+    first, second = (
+        {thread: callgrind_total(path.read_text()) for thread, path in dump_files(out_file, dump).items()}
+        for dump in (1, 2)
+    )
+    thread = busiest_thread(first, second)
+    total, one, two, difference = per_request(first[thread], second[thread], requests)
+    return {
+        "instructions": total,
+        "dump1": one,
+        "dump2": two,
+        "difference": difference,
+        "thread": thread,
+        "threads": len(first),
+    }
+
+
+def summarise_instructions(variants, counts):
+    """Adds to each variant's counts what it adds over the empty chain and
+    that over what its native counterpart adds."""
+    empty = counts.get("empty")
+    for variant in variants:
+        row = counts.get(variant.name)
+        if row is None:
+            continue
+        row["added"] = row["instructions"] - empty["instructions"] if empty else float("nan")
+        native = counts.get(variant.native) if variant.native else None
+        native_added = native["instructions"] - empty["instructions"] if native and empty else 0
+        row["x_native"] = row["added"] / native_added if native_added > 0 else float("nan")
+    return counts
+
+
+def instruction_prices(counts, high_count):
+    """Instructions per host call: (per request at `high_count` calls − at
+    one call) ÷ (high_count − 1)."""
+    rows = []
+    for op, where in PRICE_OPS:
+        low, high = counts.get(f"price-{op}-1"), counts.get(f"price-{op}-{high_count}")
+        if low and high:
+            rows.append({
+                "op": op,
+                "where": where,
+                "per_call": (high["instructions"] - low["instructions"]) / (high_count - 1),
+                "per_request_1": low["instructions"],
+                f"per_request_{high_count}": high["instructions"],
+            })
+    return rows
+
+
+def instructions_markdown(variants, counts, prices, settings, header):
+    requests = settings["instr_requests"]
+    out = [
+        "## Instructions per request (callgrind)",
+        "",
+        header,
+        "",
+        f"`{' '.join(CALLGRIND)}`, Envoy `--concurrency 1`; {INSTR_WARMUP} requests uninstrumented "
+        f"({INSTR_MISS_WARMUP:,} for the `*-miss` variants, twice round their {MISS_TOKENS:,} tokens), then counters "
+        f"zeroed, {requests:,} requests, dump 1, {2 * requests:,} more, dump 2, all on one keep-alive connection. "
+        f"Figures are the worker thread's instructions per request over both dumps; the dumps' own figures must "
+        f"agree within {INSTR_AGREEMENT:.0%}. *Added* is over the empty chain; *added × native* divides it by "
+        "what the native equivalent adds.",
+        "",
+        "| variant | instructions/req | added over empty | added × native | native equivalent "
+        f"| dump 1 ({requests:,} req) /req | dump 2 ({2 * requests:,} req) /req | dumps differ |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for variant in variants:
+        row = counts.get(variant.name)
+        if row:
+            flag = "" if row["difference"] <= INSTR_AGREEMENT else " **(disagree)**"
+            out.append(
+                f"| `{variant.name}` | {fmt(row['instructions'], 0)} | {fmt(row['added'], 0)} | "
+                f"{fmt(row['x_native'], 2)} | {variant.native or ''} | {fmt(row['dump1'], 0)} | "
+                f"{fmt(row['dump2'], 0)} | {row['difference']:.2%}{flag} |"
+            )
+    if prices:
+        high = settings["price_count"]
+        out += [
+            "",
+            f"Host-call prices (bench/hostcall-probe): instructions per call = (instructions/req with the call "
+            f"made {high}× − made once) ÷ {high - 1}.",
+            "",
+            f"| host operation | where / what | instructions per call | instructions/req ×1 | ×{high} |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
+        out += [
+            f"| `{row['op']}` | {row['where']} | {fmt(row['per_call'], 0)} | {fmt(row['per_request_1'], 0)} | "
+            f"{fmt(row[f'per_request_{high}'], 0)} |"
+            for row in prices
+        ]
+    return "\n".join(out) + "\n"
+
+
+def write_instructions_csv(path, variants, counts):
+    keys = ["instructions", "added", "x_native", "dump1", "dump2", "difference", "thread", "threads"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["variant", "native"] + keys)
+        for variant in variants:
+            row = counts.get(variant.name)
+            if row:
+                writer.writerow([variant.name, variant.native or ""] + [round(row[key], 4) for key in keys])
+
 
 
 # ---------------------------------------------------------------- interleaved rounds
@@ -1465,6 +1712,71 @@ def machine_summary(envoy):
     }
 
 
+def failures_markdown(failures):
+    """{variant: [error messages]} as a list under the tables ("" if none)."""
+    if not failures:
+        return ""
+    return "\nFailed runs (a variant without any successful run is missing from the table):\n\n" + "\n".join(
+        f"- `{name}`: {len(messages)} failed run(s): {messages[0].splitlines()[0]}"
+        for name, messages in failures.items()
+    ) + "\n"
+
+
+def run_instructions(args, settings, variants, workdir, scripts, out, stamp, machine):
+    """BENCH_INSTRUCTIONS=1: every variant's instructions per request under
+    callgrind, one Envoy after the other, and nothing else."""
+    requests = settings["instr_requests"]
+    log(
+        f"Envoy {machine['envoy']} on {machine['cpu']} ({machine['cores']} cores, load {machine['load']}); "
+        f"{len(variants)} variants under callgrind, {settings['instr_jobs']} at a time, "
+        f"{INSTR_WARMUP} + {requests} + {2 * requests} requests each"
+    )
+    counts, failures = {}, {}
+
+    def count(variant):
+        started = time.monotonic()
+        try:
+            row = measure_instructions(args.envoy, variant, workdir, scripts, settings)
+        except (RuntimeError, OSError, ValueError, http.client.HTTPException, subprocess.SubprocessError) as err:
+            failures.setdefault(variant.name, []).append(str(err))
+            log(f"[instructions] {variant.name}: FAILED: {err}")
+            return
+        counts[variant.name] = row
+        log(
+            f"[instructions] {variant.name:28} {row['instructions']:12,.0f} instructions/req (dumps {row['dump1']:,.0f} "
+            f"and {row['dump2']:,.0f}, thread {row['thread']} of {row['threads']}) in {time.monotonic() - started:.0f} s"
+        )
+        if row["difference"] > INSTR_AGREEMENT:
+            log(
+                f"WARNING: {variant.name}: the two dumps differ by {row['difference']:.2%}, more than "
+                f"{INSTR_AGREEMENT:.0%}: this variant's count is not stable (warm-up too short, or a timer?)"
+            )
+
+    # Counts do not depend on what else runs: one valgrind per core.
+    with concurrent.futures.ThreadPoolExecutor(settings["instr_jobs"]) as pool:
+        list(pool.map(count, variants))
+    summarise_instructions(variants, counts)
+    prices = instruction_prices(counts, settings["price_count"])
+    header = (
+        f"Envoy {machine['envoy']}, {machine['cpu']}, {machine['cores']} cores, kernel {machine['kernel']}. "
+        f"`{REQUEST_METHOD} {REQUEST_PATH}` with a bearer token. Run {stamp}."
+    )
+    text = instructions_markdown(variants, counts, prices, settings, header)
+    unstable = [name for name, row in counts.items() if row["difference"] > INSTR_AGREEMENT]
+    if unstable:
+        text += (
+            f"\n**WARNING: the two dumps differ by more than {INSTR_AGREEMENT:.0%} for "
+            + ", ".join(f"`{name}`" for name in unstable) + "; their counts are not reliable.**\n"
+        )
+    text += failures_markdown(failures)
+    (out / "instructions.md").write_text(text)
+    write_instructions_csv(out / "instructions.csv", variants, counts)
+    print(text)
+    log(f"results: {out}/instructions.md, instructions.csv")
+    if failures:
+        sys.exit(1)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envoy", required=True, type=Path)
@@ -1494,10 +1806,15 @@ def main():
         "pin": bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2,
         "profile": os.environ.get("BENCH_PROFILE", "") not in ("", "0"),
         "rounds": int(os.environ.get("BENCH_ROUNDS", 0)),
+        "instructions": os.environ.get("BENCH_INSTRUCTIONS", "") not in ("", "0"),
+        "instr_requests": int(os.environ.get("BENCH_INSTR_REQUESTS", 500)),
+        "instr_jobs": int(os.environ.get("BENCH_INSTR_JOBS", os.cpu_count() or 1)),
     }
     if settings["profile"] and not shutil.which("perf"):
         sys.exit("BENCH_PROFILE=1 needs perf (apt-get install linux-perf)")
-    if not shutil.which("wrk"):
+    if settings["instructions"] and not shutil.which("callgrind_control"):
+        sys.exit("BENCH_INSTRUCTIONS=1 needs valgrind (apt-get install valgrind)")
+    if not settings["instructions"] and not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
     if not settings["pin"]:
         log("note: taskset or a second core is missing; Envoy and wrk are not pinned")
@@ -1528,12 +1845,15 @@ def run(args, settings, workdir):
             sys.exit(f"unknown variant(s) {', '.join(sorted(unknown))}; known: {', '.join(v.name for v in variants)}")
         variants = [v for v in variants if v.name in wanted or v.name == "empty"]
     else:
-        variants = [v for v in variants if not v.optional]
+        variants = [v for v in variants if not v.optional or (settings["instructions"] and v in prices)]
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.out / stamp
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_summary(args.envoy)
+    if settings["instructions"]:
+        run_instructions(args, settings, variants, workdir, tokens.scripts(variants), out, stamp, machine)
+        return
     log(
         f"Envoy {machine['envoy']} on {machine['cpu']} ({machine['cores']} cores, load {machine['load']}); "
         f"{len(variants)} variants × {settings['reps']} repetitions, {settings['warmup']} s warm-up + "
@@ -1627,11 +1947,7 @@ def run(args, settings, workdir):
         f"round-robin repetition(s). Run {stamp}."
     )
     text = markdown(variants, rows, header)
-    if failures:
-        text += "\nFailed runs (a variant without any successful run is missing from the table):\n\n" + "\n".join(
-            f"- `{name}`: {len(messages)} failed run(s): {messages[0].splitlines()[0]}"
-            for name, messages in failures.items()
-        ) + "\n"
+    text += failures_markdown(failures)
     if open_rows:
         text += "\n" + open_loop_markdown(open_variants, open_rows, rates, settings, slowest)
         write_open_csv(out / "open-loop.csv", open_variants, open_rows, rates)

@@ -1,9 +1,12 @@
 """Unit tests of bench/run.py's pure parts: output parsing, the perf
-call-stack buckets, interleaved-round statistics and the open-loop rates.
+call-stack buckets, interleaved-round statistics, the open-loop rates and
+callgrind's dumps (totals, per-thread files, per-request arithmetic).
 Run by `make test-unit` (python -m unittest discover -s bench)."""
 
 import math
+import tempfile
 import unittest
+from pathlib import Path
 
 import run
 
@@ -124,6 +127,84 @@ Requests/sec:  15308.50
         self.assertEqual(run.open_loop_rates([fast, slow, miss], rows, settings), ([2000, 4000, 6000], "slow"))
         settings["open_rates"] = [1000]
         self.assertEqual(run.open_loop_rates([fast], rows, settings), ([1000], None))
+
+
+DUMP = """# callgrind format
+version: 1
+creator: callgrind-3.19.0
+pid: 25807
+cmd:  /opt/envoy -c /tmp/routing.json --concurrency 1
+part: 2
+thread: 7
+
+desc: Trigger: dump
+
+positions: line
+events: Ir
+summary: 77766750
+
+
+ob=(3) /usr/lib/x86_64-linux-gnu/libc.so.6
+fn=(1624) readv
+26 1600
+
+totals: 77766751
+"""
+
+
+class Callgrind(unittest.TestCase):
+    def test_the_totals_line_wins_over_the_summary(self):
+        self.assertEqual(run.callgrind_total(DUMP), 77766751)
+        self.assertEqual(run.callgrind_total(DUMP.replace("totals: 77766751\n", "")), 77766750)
+
+    def test_the_instruction_column_is_picked_among_several_events(self):
+        text = DUMP.replace("events: Ir", "events: Dr Ir Dw").replace("totals: 77766751", "totals: 5 900 7")
+        self.assertEqual(run.callgrind_total(text), 900)
+
+    def test_a_dump_without_totals_is_refused(self):
+        with self.assertRaises(ValueError):
+            run.callgrind_total("# callgrind format\nevents: Ir\n")
+
+    def test_dump_files_are_picked_by_dump_number_per_thread(self):
+        with tempfile.TemporaryDirectory() as directory:
+            out = Path(directory) / "authz.callgrind"
+            names = ["authz.callgrind.1-01", "authz.callgrind.1-07", "authz.callgrind.2-07",
+                     "authz.callgrind.12-03", "authz.callgrind-07", "authz.callgrind", "routing.callgrind.1-02"]
+            for name in names:
+                (Path(directory) / name).write_text("")
+            self.assertEqual(run.dump_files(out, 1), {1: out.with_name("authz.callgrind.1-01"),
+                                                      7: out.with_name("authz.callgrind.1-07")})
+            self.assertEqual(run.dump_files(out, 2), {7: out.with_name("authz.callgrind.2-07")})
+            self.assertEqual(run.dump_files(out, 3), {})
+
+    def test_the_worker_is_the_busiest_thread_present_in_both_dumps(self):
+        first = {1: 23239, 2: 2713, 5: 8171, 7: 38895530}
+        second = {1: 38734, 2: 2711, 5: 11415, 7: 77766750, 8: 90000000}
+        self.assertEqual(run.busiest_thread(first, second), 7)
+
+    def test_per_request_figures_and_their_agreement(self):
+        # 500 requests at 1,000 instructions, then 1,000 at 1,005.
+        total, one, two, difference = run.per_request(500 * 1000, 1000 * 1005, 500)
+        self.assertEqual((one, two), (1000, 1005))
+        self.assertAlmostEqual(total, (500_000 + 1_005_000) / 1500)
+        self.assertAlmostEqual(difference, 0.005)
+        self.assertLessEqual(difference, run.INSTR_AGREEMENT)
+        self.assertGreater(run.per_request(500 * 1000, 1000 * 1030, 500)[3], run.INSTR_AGREEMENT)
+
+    def test_added_ratio_to_native_and_host_call_prices(self):
+        empty = run.Variant("empty", "", [])
+        native = run.Variant("native", "", [])
+        filt = run.Variant("filter", "", [], native="native")
+        counts = {name: {"instructions": value} for name, value in
+                  (("empty", 100_000.0), ("native", 130_000.0), ("filter", 175_000.0),
+                   ("price-get_header-1", 130_000.0), ("price-get_header-20", 320_000.0))}
+        run.summarise_instructions([empty, native, filt], counts)
+        self.assertEqual(counts["filter"]["added"], 75_000.0)
+        self.assertEqual(counts["filter"]["x_native"], 2.5)
+        self.assertTrue(math.isnan(counts["native"]["x_native"]))
+        prices = run.instruction_prices(counts, 20)
+        self.assertEqual([row["op"] for row in prices], ["get_header"])
+        self.assertEqual(prices[0]["per_call"], 10_000.0)
 
 
 if __name__ == "__main__":
