@@ -1128,6 +1128,8 @@ def measure_instructions(binary, variant, workdir, scripts, settings):
     tokens = tokens_file.read_text().split() if tokens_file else [token]
     out_file = workdir / f"{variant.name}.callgrind"
     requests = settings["instr_requests"]
+    # Not pinned: BENCH_INSTR_JOBS Envoys share the cores, and counts do not
+    # depend on the core.
     envoy, _ = start_envoy(
         binary, variant, workdir, {**settings, "pin": False},
         wrapper=[*CALLGRIND, f"--callgrind-out-file={out_file}"], ready_timeout=600,
@@ -1149,6 +1151,9 @@ def measure_instructions(binary, variant, workdir, scripts, settings):
         {thread: callgrind_total(path.read_text()) for thread, path in dump_files(out_file, dump).items()}
         for dump in (1, 2)
     )
+    # Megabytes per thread and dump: gone once read.
+    for path in workdir.glob(f"{out_file.name}*"):
+        path.unlink()
     thread = busiest_thread(first, second)
     total, one, two, difference = per_request(first[thread], second[thread], requests)
     return {
@@ -1173,7 +1178,6 @@ def summarise_instructions(variants, counts):
         native = counts.get(variant.native) if variant.native else None
         native_added = native["instructions"] - empty["instructions"] if native and empty else 0
         row["x_native"] = row["added"] / native_added if native_added > 0 else float("nan")
-    return counts
 
 
 def instruction_prices(counts, high_count):
