@@ -1,20 +1,25 @@
 //! Header, cookie and query-string helpers over the `(name, value)` pairs the
 //! proxy-wasm host hands out. Header names from Envoy are lower-case already;
 //! lookups still ignore case so configured names may be written either way.
+//! The pairs may be owned (`(String, String)`) or borrowed from the host's
+//! buffer ([`crate::host_headers::Header`]).
 
 /// The value of the first header named `name`.
-pub fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub fn find<'a, K: AsRef<str>, V: AsRef<str>>(
+    headers: &'a [(K, V)],
+    name: &str,
+) -> Option<&'a str> {
     headers
         .iter()
-        .find(|(key, _)| key.eq_ignore_ascii_case(name))
-        .map(|(_, value)| value.as_str())
+        .find(|(key, _)| key.as_ref().eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.as_ref())
 }
 
 /// How many headers are named `name` (a token sent twice is an error).
-pub fn count(headers: &[(String, String)], name: &str) -> usize {
+pub fn count<K: AsRef<str>, V: AsRef<str>>(headers: &[(K, V)], name: &str) -> usize {
     headers
         .iter()
-        .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+        .filter(|(key, _)| key.as_ref().eq_ignore_ascii_case(name))
         .count()
 }
 

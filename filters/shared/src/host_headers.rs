@@ -6,9 +6,17 @@
 //! panics the VM, and every later request on that worker then fails as the
 //! plugin's fail strategy says. These readers turn invalid bytes into U+FFFD
 //! instead, so such a value simply matches no configured string.
+//!
+//! A map is read once into the buffer the host hands over ([`map_buffer`])
+//! and decoded into slices of it ([`decode_map`]): nothing is copied unless a
+//! name or value is not UTF-8.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
+use std::borrow::Cow;
+
+/// One header as decoded from a host buffer: borrowed from it when valid UTF-8.
+pub type Header<'a> = (Cow<'a, str>, Cow<'a, str>);
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -23,7 +31,7 @@ extern "C" {
 /// count, each pair's name and value lengths (`u32` each), then every name
 /// and value followed by a NUL. Invalid UTF-8 becomes U+FFFD; a truncated
 /// buffer yields the pairs that are complete, NUL included.
-pub fn decode_map(bytes: &[u8]) -> Vec<(String, String)> {
+pub fn decode_map(bytes: &[u8]) -> Vec<Header<'_>> {
     let read_u32 = |at: usize| {
         bytes
             .get(at..)
@@ -57,18 +65,19 @@ pub fn decode_map(bytes: &[u8]) -> Vec<(String, String)> {
     pairs
 }
 
-/// `bytes` as text; invalid UTF-8 as U+FFFD. Valid text (nearly always)
-/// takes `from_utf8`'s fast path, several times quicker than the lossy scan.
-fn text_of(bytes: &[u8]) -> String {
+/// `bytes` as text, borrowed; invalid UTF-8 as an owned copy with U+FFFD.
+/// Valid text (nearly always) takes `from_utf8`'s fast path.
+fn text_of(bytes: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 
-/// Glue: every pair of a header map of the current stream (or, for
-/// `HttpCallResponseHeaders`, of the HTTP call being answered).
-pub fn map(map_type: MapType) -> Vec<(String, String)> {
+/// Glue: the serialised pairs of a header map of the current stream (or, for
+/// `HttpCallResponseHeaders`, of the HTTP call being answered), as the host
+/// handed them over, for [`decode_map`]; empty when there is no such map.
+pub fn map_buffer(map_type: MapType) -> Vec<u8> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size = 0usize;
     // SAFETY: on success the host hands over a buffer of `size` bytes it
@@ -78,8 +87,15 @@ pub fn map(map_type: MapType) -> Vec<(String, String)> {
     if status != 0 || data.is_null() {
         return Vec::new();
     }
-    let buffer = unsafe { Vec::from_raw_parts(data, size, size) };
-    decode_map(&buffer)
+    unsafe { Vec::from_raw_parts(data, size, size) }
+}
+
+/// Glue: every pair of a header map, copied out of the host buffer.
+pub fn map(map_type: MapType) -> Vec<(String, String)> {
+    decode_map(&map_buffer(map_type))
+        .into_iter()
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect()
 }
 
 /// Glue: the first value of header `name` in a map of the current stream.
@@ -117,6 +133,13 @@ mod tests {
         out
     }
 
+    fn owned(pairs: Vec<Header<'_>>) -> Vec<(String, String)> {
+        pairs
+            .into_iter()
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect()
+    }
+
     #[test]
     fn decodes_pairs_in_order() {
         let bytes = encode(&[
@@ -124,8 +147,12 @@ mod tests {
             (b"x-empty", b""),
             (b"x-a", b"2"),
         ]);
+        let pairs = decode_map(&bytes);
+        assert!(pairs
+            .iter()
+            .all(|(name, value)| matches!((name, value), (Cow::Borrowed(_), Cow::Borrowed(_)))));
         assert_eq!(
-            decode_map(&bytes),
+            owned(pairs),
             vec![
                 (":path".to_owned(), "/orders?a=1".to_owned()),
                 ("x-empty".to_owned(), String::new()),
@@ -138,7 +165,7 @@ mod tests {
     fn bytes_that_are_not_utf8_become_replacement_characters() {
         let bytes = encode(&[(b"x-name", b"caf\xe9"), (b"x-next", b"ok")]);
         assert_eq!(
-            decode_map(&bytes),
+            owned(decode_map(&bytes)),
             vec![
                 ("x-name".to_owned(), "caf\u{fffd}".to_owned()),
                 ("x-next".to_owned(), "ok".to_owned()),

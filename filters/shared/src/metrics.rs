@@ -7,6 +7,7 @@
 
 use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Where metric values go: the proxy-wasm host, or a recorder in tests.
 pub trait MetricSink {
@@ -64,7 +65,9 @@ impl<S: MetricSink> Metrics<S> {
         }
     }
 
-    fn id(&mut self, kind: MetricType, name: &str) -> Option<u32> {
+    /// The id of metric `name`, defined on first use. For callers that keep
+    /// ids under a cheaper key than the tagged name (see [`FastMap`]).
+    pub fn id(&mut self, kind: MetricType, name: &str) -> Option<u32> {
         if let Some(id) = self.ids.get(name) {
             return Some(*id);
         }
@@ -97,8 +100,75 @@ impl<S: MetricSink> Metrics<S> {
         }
     }
 
+    /// Adds `delta` to the counter or gauge `id` (from [`Metrics::id`]).
+    pub fn add(&mut self, id: u32, delta: i64) {
+        self.sink.add(id, delta);
+    }
+
+    /// Records `value` in the histogram `id` (from [`Metrics::id`]).
+    pub fn record(&mut self, id: u32, value: u64) {
+        self.sink.record(id, value);
+    }
+
     pub fn sink(&self) -> &S {
         &self.sink
+    }
+}
+
+/// A hash map with a cheap, non-keyed hash (FxHash: one multiply per word),
+/// for caches keyed by short label values on the request path. The keys are
+/// bounded label values, so collision flooding cannot grow the map.
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// The hasher of [`FastMap`] (rustc's FxHasher).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl FastHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let mut rest = [0u8; 8];
+        for (to, from) in rest.iter_mut().zip(chunks.remainder()) {
+            *to = *from;
+        }
+        self.add(u64::from_le_bytes(rest));
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.add(u64::from(value));
+    }
+
+    fn write_u16(&mut self, value: u16) {
+        self.add(u64::from(value));
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.add(u64::from(value));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.add(value);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.add(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -159,6 +229,32 @@ mod tests {
         assert_eq!(metrics.sink().defined, vec!["a_total", "b"]);
         assert_eq!(metrics.sink().values[&1], 3);
         assert_eq!(metrics.sink().values[&2], 5);
+    }
+
+    #[test]
+    fn ids_are_usable_directly() {
+        let mut metrics = Metrics::new(Recorder::default());
+        let id = metrics.id(MetricType::Counter, "c_total").unwrap();
+        assert_eq!(metrics.id(MetricType::Counter, "c_total"), Some(id));
+        metrics.add(id, 2);
+        metrics.record(id, 5);
+        assert_eq!(metrics.sink().defined, vec!["c_total"]);
+        assert_eq!(metrics.sink().values[&id], 5);
+    }
+
+    #[test]
+    fn fast_map_tells_keys_apart() {
+        let mut map: FastMap<(String, u16), u32> = FastMap::default();
+        for (index, key) in ["", "a", "ab", "abcdefgh", "abcdefghi", "abcdefgh\0"]
+            .iter()
+            .enumerate()
+        {
+            map.insert(((*key).to_owned(), 1), index as u32);
+            map.insert(((*key).to_owned(), 2), 100 + index as u32);
+        }
+        assert_eq!(map.len(), 12);
+        assert_eq!(map[&("abcdefgh".to_owned(), 2)], 103);
+        assert_eq!(map[&(String::new(), 1)], 0);
     }
 
     #[test]

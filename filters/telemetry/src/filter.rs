@@ -5,13 +5,14 @@ use crate::access_log::{should_log, AccessLogLine, Decisions, LINE_TYPE};
 use crate::cardinality::{LabelBudget, Resolved};
 use crate::config::{Config, ReporterSetting, TenantSource};
 use crate::labels::{
-    folded_name, method_label, route_label, Reporter, RequestLabels, TAG_DESTINATION_WORKLOAD,
-    TAG_METHOD, TAG_SOURCE_WORKLOAD, TAG_TENANT, UNKNOWN,
+    folded_name, method_label, route_index, route_text, Reporter, RequestLabels,
+    TAG_DESTINATION_WORKLOAD, TAG_METHOD, TAG_SOURCE_WORKLOAD, TAG_TENANT, UNKNOWN,
 };
 use crate::report::{
-    claim_value, decode_i64, request_finished, request_started, NameCache, Observation,
+    claim_value, decode_i64, request_finished, request_started, InFlightKey, MetricIds, Observation,
 };
-use crate::trace::{self, Incoming, Origin, TraceContext};
+use crate::trace::{self, Incoming, Origin, RandomPool, TraceContext};
+use meshwasm_shared::host_headers::Header;
 use meshwasm_shared::metrics::Metrics;
 use meshwasm_shared::shared_data::HostStore;
 use meshwasm_shared::{filter_state, headers, host_headers, host_log, unconfigured};
@@ -33,11 +34,14 @@ pub const TRACE_ID_KEY: &str = "meshwasm.telemetry.trace_id";
 struct VmState {
     config: Config,
     metrics: Metrics,
-    completed_names: NameCache,
+    metric_ids: MetricIds,
     tenants: LabelBudget,
     sources: LabelBudget,
     destinations: LabelBudget,
     workload: Option<String>,
+    /// Fixed by the config, else read once (see [`VmState::reporter`]).
+    reporter: Option<Reporter>,
+    random: RandomPool,
     ids_issued: u64,
 }
 
@@ -49,11 +53,28 @@ impl VmState {
             sources: budget(TAG_SOURCE_WORKLOAD),
             destinations: budget(TAG_DESTINATION_WORKLOAD),
             metrics: Metrics::default(),
-            completed_names: NameCache::default(),
+            metric_ids: MetricIds::default(),
             workload: config.workload_name.clone(),
+            reporter: match config.reporter {
+                ReporterSetting::Inbound => Some(Reporter::Inbound),
+                ReporterSetting::Outbound => Some(Reporter::Outbound),
+                ReporterSetting::Auto => None,
+            },
             config,
+            random: RandomPool::default(),
             ids_issued: 0,
         }
+    }
+
+    /// `reporter: auto` reads the listener's traffic direction on the first
+    /// request and keeps it: a root context belongs to one plugin, and Envoy
+    /// keys plugins by listener direction, so it cannot change.
+    /// `xds.listener_direction` on Envoy 1.36 and 1.40; the top-level
+    /// `listener_direction` of older docs is not found there.
+    fn reporter(&mut self) -> Reporter {
+        *self.reporter.get_or_insert_with(|| {
+            Reporter::from_listener_direction(i64_property(vec!["xds", "listener_direction"]))
+        })
     }
 
     /// This proxy's workload: configured, else Istio node metadata
@@ -86,18 +107,23 @@ impl VmState {
     }
 
     fn random_ids(&mut self) -> [u8; 24] {
-        let mut bytes = [0u8; 24];
-        if let Err(err) = getrandom::fill(&mut bytes) {
-            self.ids_issued = self.ids_issued.wrapping_add(1);
-            let now = hostcalls::get_current_time()
-                .ok()
-                .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |elapsed| elapsed.as_nanos() as u64);
-            log::warn!("random source failed ({err}); trace ids from time and counter");
-            return trace::fallback_random(now ^ self.ids_issued.rotate_left(32));
+        match self.random.take(getrandom::fill) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                self.ids_issued = self.ids_issued.wrapping_add(1);
+                log::warn!("random source failed ({err}); trace ids from time and counter");
+                trace::fallback_random(now_nanos() ^ self.ids_issued.rotate_left(32))
+            }
         }
-        bytes
     }
+}
+
+/// Glue: the host's clock, in nanoseconds since the epoch (0 if unreadable).
+fn now_nanos() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
 }
 
 fn string_property(path: Vec<&str>) -> Option<String> {
@@ -154,7 +180,11 @@ impl RootContext for TelemetryRoot {
 /// What the request headers decided, kept until `on_log`.
 struct RequestState {
     labels: RequestLabels,
-    in_flight_name: String,
+    in_flight: Option<u32>,
+    /// Clock when the request headers arrived (ns), for the duration.
+    started: u64,
+    /// The response's `:status`, once its headers passed.
+    code: Option<i64>,
     trace: Option<(TraceContext, Origin)>,
     /// The caller is a meshwasm sidecar (it named itself).
     peer_named_itself: bool,
@@ -169,22 +199,7 @@ struct TelemetryHttp {
 impl Context for TelemetryHttp {}
 
 impl TelemetryHttp {
-    fn reporter(setting: ReporterSetting) -> Reporter {
-        match setting {
-            ReporterSetting::Inbound => Reporter::Inbound,
-            ReporterSetting::Outbound => Reporter::Outbound,
-            // `xds.listener_direction` on Envoy 1.36 and 1.40; the top-level
-            // `listener_direction` of older docs is not found there.
-            ReporterSetting::Auto => {
-                Reporter::from_listener_direction(i64_property(vec!["xds", "listener_direction"]))
-            }
-        }
-    }
-
-    fn tenant(
-        source: Option<&TenantSource>,
-        request_headers: &[(String, String)],
-    ) -> Option<String> {
+    fn tenant(source: Option<&TenantSource>, request_headers: &[Header<'_>]) -> Option<String> {
         match source? {
             TenantSource::Header(name) => headers::find(request_headers, name).map(str::to_owned),
             TenantSource::Claim(path) => {
@@ -196,7 +211,7 @@ impl TelemetryHttp {
     fn trace(
         &self,
         vm: &mut VmState,
-        request_headers: &[(String, String)],
+        request_headers: &[Header<'_>],
     ) -> Option<(TraceContext, Origin)> {
         let trace_config = &vm.config.trace;
         if !trace_config.enabled {
@@ -221,7 +236,9 @@ impl TelemetryHttp {
         });
         if origin != Origin::W3c {
             // tracestate belongs to the traceparent it came with, which was absent or invalid.
-            self.set_http_request_header(trace::TRACESTATE, None);
+            if header(trace::TRACESTATE).is_some() {
+                self.set_http_request_header(trace::TRACESTATE, None);
+            }
             self.set_http_request_header(trace::TRACEPARENT, Some(&context.traceparent()));
         }
         if header(trace::BAGGAGE).is_some_and(|baggage| baggage.len() > max_baggage) {
@@ -235,16 +252,20 @@ impl TelemetryHttp {
 
 impl HttpContext for TelemetryHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let started = now_nanos();
         let state = Rc::clone(&self.state);
         let mut vm = state.borrow_mut();
-        let reporter = Self::reporter(vm.config.reporter);
+        let vm = &mut *vm;
+        let reporter = vm.reporter();
         let workload = vm.workload();
         let peer_headers = vm.config.peer_headers;
 
-        // One copy of the header map instead of a host call per header.
-        let request_headers = host_headers::request();
+        // One read of the header map, decoded in place, instead of a host call per header.
+        let raw_headers = host_headers::map_buffer(MapType::HttpRequestHeaders);
+        let request_headers = host_headers::decode_map(&raw_headers);
         let header = |name| headers::find(&request_headers, name);
-        let route = route_label(&vm.config.routes, header(":path").unwrap_or_default()).to_owned();
+        let route_index = route_index(&vm.config.routes, header(":path").unwrap_or_default());
+        let route = route_text(&vm.config.routes, route_index).to_owned();
         let method = method_label(header(":method").unwrap_or_default());
         if method == crate::labels::OTHER {
             vm.metrics.count(&folded_name(TAG_METHOD), 1);
@@ -280,13 +301,20 @@ impl HttpContext for TelemetryHttp {
             method,
             tenant,
         };
-        let in_flight_name = labels.in_flight_name();
-        request_started(&mut vm.metrics, &in_flight_name);
-        let trace = self.trace(&mut vm, &request_headers);
+        let key = InFlightKey {
+            reporter,
+            route: route_index,
+            method,
+        };
+        let in_flight = vm.metric_ids.in_flight(&mut vm.metrics, key, &labels);
+        request_started(&mut vm.metrics, in_flight);
+        let trace = self.trace(vm, &request_headers);
         self.request = Some(RequestState {
             destination_resolved: reporter != Reporter::Outbound,
             labels,
-            in_flight_name,
+            in_flight,
+            started,
+            code: None,
             trace,
             peer_named_itself,
         });
@@ -299,13 +327,20 @@ impl HttpContext for TelemetryHttp {
         };
         let state = Rc::clone(&self.state);
         let mut vm = state.borrow_mut();
+        // One read of the response headers: the status for the metrics and
+        // the peer's workload name.
+        let raw_headers = host_headers::map_buffer(MapType::HttpResponseHeaders);
+        let response_headers = host_headers::decode_map(&raw_headers);
+        request.code =
+            headers::find(&response_headers, ":status").and_then(|code| code.parse().ok());
         if vm.config.peer_headers {
             if !request.destination_resolved {
-                let answered_by =
-                    host_headers::value(MapType::HttpResponseHeaders, WORKLOAD_HEADER);
-                self.set_http_response_header(WORKLOAD_HEADER, None);
+                let answered_by = headers::find(&response_headers, WORKLOAD_HEADER);
+                if answered_by.is_some() {
+                    self.set_http_response_header(WORKLOAD_HEADER, None);
+                }
                 request.labels.destination_workload =
-                    vm.bounded(TAG_DESTINATION_WORKLOAD, answered_by.as_deref());
+                    vm.bounded(TAG_DESTINATION_WORKLOAD, answered_by);
                 request.destination_resolved = true;
             } else if request.peer_named_itself {
                 self.set_http_response_header(
@@ -329,17 +364,17 @@ impl HttpContext for TelemetryHttp {
         let state = Rc::clone(&self.state);
         let mut vm = state.borrow_mut();
         let vm = &mut *vm;
-        let duration_ns = i64_property(vec!["request", "duration"]);
+        let duration_ns = now_nanos().saturating_sub(request.started);
         let observation = Observation {
-            code: i64_property(vec!["response", "code"]),
-            duration_ms: duration_ns.map_or(0, |nanos| nanos.max(0) as u64) / 1_000_000,
+            code: request.code,
+            duration_ms: duration_ns / 1_000_000,
             request_bytes: u64_property(vec!["request", "total_size"]),
             response_bytes: u64_property(vec!["response", "total_size"]),
         };
         request_finished(
             &mut vm.metrics,
-            &mut vm.completed_names,
-            &request.in_flight_name,
+            &mut vm.metric_ids,
+            request.in_flight,
             &request.labels,
             &observation,
         );
@@ -369,7 +404,7 @@ impl HttpContext for TelemetryHttp {
             method: labels.method,
             route: &labels.route,
             code: observation.code.unwrap_or(0),
-            duration_ms: duration_ns.map_or(0.0, |nanos| nanos as f64 / 1e6),
+            duration_ms: duration_ns as f64 / 1e6,
             request_bytes: observation.request_bytes,
             response_bytes: observation.response_bytes,
             tenant: &labels.tenant,

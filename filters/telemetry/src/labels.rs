@@ -67,12 +67,17 @@ impl Reporter {
     }
 }
 
-/// The first configured template matching `path` (query string ignored), or `other`.
-pub fn route_label<'a>(routes: &'a [RouteTemplate], path: &str) -> &'a str {
+/// The index of the first configured template matching `path` (query
+/// string ignored); `None` when none does (label `other`).
+pub fn route_index(routes: &[RouteTemplate], path: &str) -> Option<usize> {
     let (path, _query) = meshwasm_shared::headers::split_path(path);
-    routes
-        .iter()
-        .find(|route| route.pattern.matches(path))
+    routes.iter().position(|route| route.pattern.matches(path))
+}
+
+/// The label of the route at `index` ([`route_index`]).
+pub fn route_text(routes: &[RouteTemplate], index: Option<usize>) -> &str {
+    index
+        .and_then(|index| routes.get(index))
         .map_or(OTHER, |route| route.label.as_str())
 }
 
@@ -169,6 +174,10 @@ mod tests {
             .collect()
     }
 
+    fn route_label<'a>(routes: &'a [RouteTemplate], path: &str) -> &'a str {
+        route_text(routes, route_index(routes, path))
+    }
+
     #[test]
     fn first_matching_template_names_the_route() {
         let table = routes(&["/orders/{id}", "/orders", "/orders/{id}/{**}", "/static/*"]);
@@ -187,6 +196,10 @@ mod tests {
         assert_eq!(route_label(&table, "/users/1"), OTHER);
         assert_eq!(route_label(&table, ""), OTHER);
         assert_eq!(route_label(&[], "/orders"), OTHER);
+        assert_eq!(route_index(&table, "/orders?x=1"), Some(1));
+        assert_eq!(route_index(&table, "/users/1"), None);
+        assert_eq!(route_text(&table, Some(3)), "/static/*");
+        assert_eq!(route_text(&table, Some(9)), OTHER);
     }
 
     #[test]

@@ -2,13 +2,12 @@
 //! in-flight gauge when it starts, the counter and histograms when it ends.
 
 use crate::labels::{
-    response_code_labels, RequestLabels, REQUESTS_TOTAL, REQUEST_BYTES, REQUEST_DURATION,
+    response_code_labels, Reporter, RequestLabels, REQUESTS_TOTAL, REQUEST_BYTES, REQUEST_DURATION,
     RESPONSE_BYTES,
 };
 use meshwasm_shared::claims;
-use meshwasm_shared::metrics::{MetricSink, Metrics};
-use std::collections::HashMap;
-use std::rc::Rc;
+use meshwasm_shared::metrics::{FastMap, MetricSink, Metrics};
+use proxy_wasm::types::MetricType;
 
 /// What Envoy measured for a finished request.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -17,10 +16,6 @@ pub struct Observation {
     pub duration_ms: u64,
     pub request_bytes: u64,
     pub response_bytes: u64,
-}
-
-pub fn request_started<S: MetricSink>(metrics: &mut Metrics<S>, in_flight_name: &str) {
-    metrics.gauge_add(in_flight_name, 1);
 }
 
 /// The tagged names of the metrics a finished request updates.
@@ -44,46 +39,110 @@ impl CompletedNames {
     }
 }
 
-/// Completed-request metric names per label set and response code, built on
-/// first use. Bounded like the metrics themselves: every label value is, and
-/// codes outside 100–599 share one entry.
-#[derive(Default)]
-pub struct NameCache {
-    by_labels: HashMap<RequestLabels, HashMap<Option<i64>, Rc<CompletedNames>>>,
+/// The ids of the metrics a finished request updates.
+#[derive(Debug, Clone, Copy)]
+struct CompletedIds {
+    requests: u32,
+    duration: u32,
+    request_bytes: u32,
+    response_bytes: u32,
 }
 
-impl NameCache {
-    fn get(&mut self, labels: &RequestLabels, code: Option<i64>) -> Rc<CompletedNames> {
-        let code = code.filter(|code| (100..=599).contains(code));
-        if let Some(names) = self
-            .by_labels
-            .get(labels)
-            .and_then(|by_code| by_code.get(&code))
-        {
-            return names.clone();
+/// The labels of the in-flight gauge, as cheap values: the route by its
+/// index among the configured templates (`None`: `other`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InFlightKey {
+    pub reporter: Reporter,
+    pub route: Option<usize>,
+    pub method: &'static str,
+}
+
+/// Metric ids per label set, defined on first use: the request path hashes
+/// short label values with [`FastMap`]'s hash and never builds a tagged name
+/// again. Bounded like the metrics themselves: every label value is, and
+/// codes outside 100–599 share one entry. A metric the host failed to define
+/// is asked for again next time.
+#[derive(Default)]
+pub struct MetricIds {
+    in_flight: FastMap<InFlightKey, u32>,
+    completed: FastMap<RequestLabels, FastMap<u16, CompletedIds>>,
+}
+
+impl MetricIds {
+    /// The in-flight gauge's id for `labels` (`key` is their cheap form).
+    pub fn in_flight<S: MetricSink>(
+        &mut self,
+        metrics: &mut Metrics<S>,
+        key: InFlightKey,
+        labels: &RequestLabels,
+    ) -> Option<u32> {
+        if let Some(id) = self.in_flight.get(&key) {
+            return Some(*id);
         }
-        let names = Rc::new(CompletedNames::new(labels, code));
-        self.by_labels
+        let id = metrics.id(MetricType::Gauge, &labels.in_flight_name())?;
+        self.in_flight.insert(key, id);
+        Some(id)
+    }
+
+    fn completed<S: MetricSink>(
+        &mut self,
+        metrics: &mut Metrics<S>,
+        labels: &RequestLabels,
+        code: Option<i64>,
+    ) -> Option<CompletedIds> {
+        let code = code
+            .filter(|code| (100..=599).contains(code))
+            .and_then(|code| u16::try_from(code).ok());
+        let key = code.unwrap_or(0);
+        if let Some(ids) = self
+            .completed
+            .get(labels)
+            .and_then(|by_code| by_code.get(&key))
+        {
+            return Some(*ids);
+        }
+        let names = CompletedNames::new(labels, code.map(i64::from));
+        let ids = CompletedIds {
+            requests: metrics.id(MetricType::Counter, &names.requests)?,
+            duration: metrics.id(MetricType::Histogram, &names.duration)?,
+            request_bytes: metrics.id(MetricType::Histogram, &names.request_bytes)?,
+            response_bytes: metrics.id(MetricType::Histogram, &names.response_bytes)?,
+        };
+        self.completed
             .entry(labels.clone())
             .or_default()
-            .insert(code, names.clone());
-        names
+            .insert(key, ids);
+        Some(ids)
     }
 }
 
+/// A request started: the in-flight gauge (its id, from
+/// [`MetricIds::in_flight`]) goes up.
+pub fn request_started<S: MetricSink>(metrics: &mut Metrics<S>, in_flight: Option<u32>) {
+    if let Some(id) = in_flight {
+        metrics.add(id, 1);
+    }
+}
+
+/// A request finished: the in-flight gauge goes down, the counter and the
+/// histograms of its labels and response code move.
 pub fn request_finished<S: MetricSink>(
     metrics: &mut Metrics<S>,
-    names: &mut NameCache,
-    in_flight_name: &str,
+    ids: &mut MetricIds,
+    in_flight: Option<u32>,
     labels: &RequestLabels,
     observation: &Observation,
 ) {
-    metrics.gauge_add(in_flight_name, -1);
-    let names = names.get(labels, observation.code);
-    metrics.count(&names.requests, 1);
-    metrics.histogram(&names.duration, observation.duration_ms);
-    metrics.histogram(&names.request_bytes, observation.request_bytes);
-    metrics.histogram(&names.response_bytes, observation.response_bytes);
+    if let Some(id) = in_flight {
+        metrics.add(id, -1);
+    }
+    let Some(completed) = ids.completed(metrics, labels, observation.code) else {
+        return;
+    };
+    metrics.add(completed.requests, 1);
+    metrics.record(completed.duration, observation.duration_ms);
+    metrics.record(completed.request_bytes, observation.request_bytes);
+    metrics.record(completed.response_bytes, observation.response_bytes);
 }
 
 /// The scalar claim at `path` ([`claims`]) in the verified token payload.
@@ -102,8 +161,7 @@ pub fn decode_i64(bytes: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::{Reporter, REQUESTS_IN_FLIGHT};
-    use proxy_wasm::types::MetricType;
+    use crate::labels::REQUESTS_IN_FLIGHT;
     use std::collections::HashMap;
 
     #[derive(Default)]
@@ -151,27 +209,64 @@ mod tests {
         }
     }
 
+    fn key(route: Option<usize>) -> InFlightKey {
+        InFlightKey {
+            reporter: Reporter::Outbound,
+            route,
+            method: "POST",
+        }
+    }
+
+    #[test]
+    fn label_sets_get_their_own_ids() {
+        let mut metrics = Metrics::new(Recorder::default());
+        let mut ids = MetricIds::default();
+        let (acme, globex) = (labels("acme"), labels("globex"));
+        let ok = Observation {
+            code: Some(200),
+            ..Observation::default()
+        };
+        for labels in [&acme, &globex, &acme] {
+            request_finished(&mut metrics, &mut ids, None, labels, &ok);
+        }
+        let sink = metrics.sink();
+        let acme_total = sink.id_of(REQUESTS_TOTAL, "tenant=.=acme;");
+        let globex_total = sink.id_of(REQUESTS_TOTAL, "tenant=.=globex;");
+        assert_eq!(sink.counters[&acme_total[0]], 2);
+        assert_eq!(sink.counters[&globex_total[0]], 1);
+        assert_eq!(sink.names.len(), 8);
+        let first = ids.in_flight(&mut metrics, key(Some(1)), &acme);
+        let other_route = RequestLabels {
+            route: "/refunds".into(),
+            ..acme.clone()
+        };
+        let second = ids.in_flight(&mut metrics, key(Some(2)), &other_route);
+        assert_ne!(first, second);
+        assert_eq!(ids.in_flight(&mut metrics, key(Some(1)), &acme), first);
+    }
+
     #[test]
     fn a_request_moves_every_metric() {
         let mut metrics = Metrics::new(Recorder::default());
+        let mut ids = MetricIds::default();
         let labels = labels("acme");
-        let in_flight = labels.in_flight_name();
-        request_started(&mut metrics, &in_flight);
-        request_started(&mut metrics, &in_flight);
+        let in_flight = ids.in_flight(&mut metrics, key(None), &labels);
+        assert_eq!(ids.in_flight(&mut metrics, key(None), &labels), in_flight);
+        request_started(&mut metrics, in_flight);
+        request_started(&mut metrics, in_flight);
         let ok = Observation {
             code: Some(201),
             duration_ms: 12,
             request_bytes: 300,
             response_bytes: 80,
         };
-        let mut names = NameCache::default();
-        request_finished(&mut metrics, &mut names, &in_flight, &labels, &ok);
-        request_finished(&mut metrics, &mut names, &in_flight, &labels, &ok);
-        request_started(&mut metrics, &in_flight);
+        request_finished(&mut metrics, &mut ids, in_flight, &labels, &ok);
+        request_finished(&mut metrics, &mut ids, in_flight, &labels, &ok);
+        request_started(&mut metrics, in_flight);
         request_finished(
             &mut metrics,
-            &mut names,
-            &in_flight,
+            &mut ids,
+            in_flight,
             &labels,
             &Observation::default(),
         );
@@ -208,15 +303,15 @@ mod tests {
     #[test]
     fn codes_outside_the_valid_range_share_the_unknown_names() {
         let mut metrics = Metrics::new(Recorder::default());
-        let mut names = NameCache::default();
+        let mut ids = MetricIds::default();
         let labels = labels("acme");
-        let in_flight = labels.in_flight_name();
+        let in_flight = ids.in_flight(&mut metrics, key(Some(0)), &labels);
         for code in [None, Some(0), Some(1000), Some(-1)] {
             let observation = Observation {
                 code,
                 ..Observation::default()
             };
-            request_finished(&mut metrics, &mut names, &in_flight, &labels, &observation);
+            request_finished(&mut metrics, &mut ids, in_flight, &labels, &observation);
         }
         let unknown = metrics.sink().id_of(
             REQUESTS_TOTAL,

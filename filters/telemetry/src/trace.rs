@@ -210,6 +210,50 @@ pub fn fallback_random(seed: u64) -> [u8; 24] {
     out
 }
 
+/// Random bytes for new trace and span ids, fetched from the host's CSPRNG
+/// for [`RandomPool::IDS`] traces at a time: one host call (WASI
+/// `random_get`) per batch instead of one per new trace.
+pub struct RandomPool {
+    bytes: [u8; 24 * RandomPool::IDS],
+    used: usize,
+}
+
+impl Default for RandomPool {
+    fn default() -> Self {
+        Self {
+            bytes: [0; 24 * RandomPool::IDS],
+            used: 24 * RandomPool::IDS,
+        }
+    }
+}
+
+impl RandomPool {
+    /// New traces served per refill.
+    pub const IDS: usize = 16;
+
+    /// The next 24 unused random bytes, refilling the pool with `fill` when
+    /// it is spent. A failed refill leaves the pool spent and is returned.
+    pub fn take<E>(
+        &mut self,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<[u8; 24], E> {
+        if self.used >= self.bytes.len() {
+            fill(&mut self.bytes)?;
+            self.used = 0;
+        }
+        let mut out = [0u8; 24];
+        if let Some(next) = self.bytes.get(self.used..self.used + 24) {
+            out.copy_from_slice(next);
+        }
+        // Used bytes are not handed out twice.
+        if let Some(spent) = self.bytes.get_mut(self.used..self.used + 24) {
+            spent.fill(0);
+        }
+        self.used += 24;
+        Ok(out)
+    }
+}
+
 fn is_lower_hex(text: &str, len: usize) -> bool {
     text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -233,6 +277,29 @@ mod tests {
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const SPAN: &str = "00f067aa0ba902b7";
+
+    #[test]
+    fn random_pool_refills_once_per_batch_and_never_repeats_bytes() {
+        let mut pool = RandomPool::default();
+        let mut refills = 0u8;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..RandomPool::IDS * 3 {
+            let ids = pool
+                .take(|bytes: &mut [u8]| {
+                    refills += 1;
+                    for (index, byte) in bytes.iter_mut().enumerate() {
+                        *byte = (index / 24) as u8 ^ refills.wrapping_mul(0x40);
+                    }
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            assert!(seen.insert(ids));
+        }
+        assert_eq!(refills, 3);
+        // The pool is spent: a failed refill is reported, and again next time.
+        assert_eq!(pool.take(|_: &mut [u8]| Err("host")), Err("host"));
+        assert_eq!(pool.take(|_: &mut [u8]| Err("again")), Err("again"));
+    }
 
     fn parent(trace: &str, span: &str, flags: &str) -> String {
         format!("00-{trace}-{span}-{flags}")

@@ -11,9 +11,9 @@ use meshwasm_shared::shared_data::MemoryStore;
 use meshwasm_telemetry::access_log::{should_log, AccessLogLine, Decisions, LINE_TYPE};
 use meshwasm_telemetry::cardinality::LabelBudget;
 use meshwasm_telemetry::config::{Config, TenantSource};
-use meshwasm_telemetry::labels::{method_label, route_label, Reporter, RequestLabels};
+use meshwasm_telemetry::labels::{method_label, route_index, route_text, Reporter, RequestLabels};
 use meshwasm_telemetry::report::{
-    claim_value, request_finished, request_started, NameCache, Observation,
+    claim_value, request_finished, request_started, InFlightKey, MetricIds, Observation,
 };
 use meshwasm_telemetry::trace::{self, Incoming, TraceContext};
 use proxy_wasm::types::MetricType;
@@ -63,17 +63,24 @@ fn handle(config: &Config, request: &Request) {
     let mut budget = LabelBudget::new("tenant", config.max_label_values, config.admit_after);
     let tenant = budget.resolve(&store, tenant.as_deref()).label().to_owned();
     let source = budget.resolve(&store, header("x-meshwasm-source-workload"));
+    let route = route_index(&config.routes, &request.path);
     let labels = RequestLabels {
         reporter: Reporter::Inbound,
         source_workload: source.label().to_owned(),
         destination_workload: config.workload_name.clone().unwrap_or_default(),
-        route: route_label(&config.routes, &request.path).to_owned(),
+        route: route_text(&config.routes, route).to_owned(),
         method: method_label(&request.method),
         tenant,
     };
     let mut metrics = Metrics::new(Sink);
-    let in_flight = labels.in_flight_name();
-    request_started(&mut metrics, &in_flight);
+    let mut ids = MetricIds::default();
+    let key = InFlightKey {
+        reporter: labels.reporter,
+        route,
+        method: labels.method,
+    };
+    let in_flight = ids.in_flight(&mut metrics, key, &labels);
+    request_started(&mut metrics, in_flight);
     let incoming = Incoming {
         traceparent: header("traceparent"),
         b3: header("b3"),
@@ -94,13 +101,7 @@ fn handle(config: &Config, request: &Request) {
         request_bytes: 10,
         response_bytes: 20,
     };
-    request_finished(
-        &mut metrics,
-        &mut NameCache::default(),
-        &in_flight,
-        &labels,
-        &observation,
-    );
+    request_finished(&mut metrics, &mut ids, in_flight, &labels, &observation);
     should_log(&config.access_log, &context.trace_id, code);
     let raw_decision = |name| header(name).map(str::as_bytes);
     let decisions = Decisions::from_raw(
@@ -134,7 +135,8 @@ fn handle(config: &Config, request: &Request) {
 #[test]
 fn full_config_loads() {
     let config = load(full_config().to_string().as_bytes()).unwrap();
-    assert_eq!(route_label(&config.routes, "/orders/7"), "/orders/{id}");
+    let route = route_index(&config.routes, "/orders/7");
+    assert_eq!(route_text(&config.routes, route), "/orders/{id}");
 }
 
 #[test]
