@@ -7,6 +7,7 @@ use crate::config::{Config, Fallback};
 use crate::policy::{self, Active, KeySource, Policies, Request, Response};
 use crate::store::{Admit, Breakers, Namespace};
 use meshwasm_shared::headers::{self, split_path};
+use meshwasm_shared::host_headers::Header;
 use meshwasm_shared::metrics::{tagged_name, Metrics};
 use meshwasm_shared::problem::Problem;
 use meshwasm_shared::shared_data::HostStore;
@@ -209,12 +210,13 @@ struct BreakerStream {
 }
 
 /// Key parts of the current request: its headers, already read (one map
-/// copy costs less than two single-header reads), the rest read on demand.
-struct Host {
-    request_headers: Vec<(String, String)>,
+/// read, decoded in place, costs less than two single-header reads), the
+/// rest read on demand.
+struct Host<'a> {
+    request_headers: Vec<Header<'a>>,
 }
 
-impl KeySource for Host {
+impl KeySource for Host<'_> {
     fn authority(&self) -> Option<String> {
         self.header(":authority")
     }
@@ -388,8 +390,9 @@ impl Context for BreakerStream {}
 impl HttpContext for BreakerStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let loaded = Rc::clone(&self.loaded);
+        let raw_headers = host_headers::map_buffer(MapType::HttpRequestHeaders);
         let host = Host {
-            request_headers: host_headers::request(),
+            request_headers: host_headers::decode_map(&raw_headers),
         };
         let pseudo = |name| headers::find(&host.request_headers, name).unwrap_or_default();
         let (path, _) = split_path(pseudo(":path"));
