@@ -52,7 +52,7 @@ SUITE_TARGET := $(CURDIR)/target/suite
 .PHONY: setup build apps test test-unit test-bench test-e2e lint demo mesh token clean istio-crds crd-schemas
 .PHONY: bench
 
-setup: $(TOOLS)/.wasm-target $(TOOLS)/.clang envoy
+setup: $(TOOLS)/.wasm-target $(TOOLS)/.clang envoy registry-tools
 
 # rustup's target for the filters.
 $(TOOLS)/.wasm-target:
@@ -95,18 +95,45 @@ build: $(TOOLS)/.wasm-target $(TOOLS)/.clang
 # The order app and the mesh CLI (debug builds: the mesh runs them as is).
 APP_BIN := $(CURDIR)/target/debug
 apps:
-	cargo build -p order-app -p meshwasm-integration --bins
+	cargo build -p order-app -p meshwasm-integration -p oci-image --bins
 
 MESH_READY_FILE ?=
 MESH_ENV = MESHWASM_ENVOY=$(ENVOY) MESHWASM_DIST=$(DIST) MESHWASM_APP_BIN=$(APP_BIN)
 
 # The local mesh in the foreground; Ctrl-C stops every process.
-mesh: build envoy apps
+mesh: build envoy apps registry-tools
 	$(MESH_ENV) $(APP_BIN)/mesh up $(if $(MESH_READY_FILE),--ready-file $(MESH_READY_FILE))
 
 # Starts the mesh, runs the scripted scenario through the ingress, prints it, stops.
-demo: build envoy apps
+demo: build envoy apps registry-tools
 	$(MESH_ENV) $(APP_BIN)/mesh demo
+
+# Debian's docker-registry (the CNCF distribution registry: the mesh runs the
+# binary itself, config and storage in its run dir, 127.0.0.1 only, never the
+# package's service) and skopeo (the tests pull `make image` output back with it).
+.PHONY: registry-tools
+registry-tools:
+	@command -v docker-registry >/dev/null && command -v skopeo >/dev/null || { \
+	  echo "installing docker-registry and skopeo (Debian: the mesh's OCI registry, a second OCI client)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends docker-registry skopeo >/dev/null; }
+
+# The modules as OCI images istio-agent accepts, without Docker (tools/oci-image):
+# every layout into the OCI image layout dist/oci; with IMAGE=host/path/meshwasm:tag
+# the combined module pushed there and each filter's to host/path/<filter>:tag
+# (credentials from the Docker config file), manifest digests printed for `sha256`.
+# IMAGE_LAYOUT=wasm-layer pushes the two-layer variant instead of plugin-tar.
+IMAGE ?=
+IMAGE_LAYOUT ?= plugin-tar
+.PHONY: image
+image: build
+	cargo build -q -p oci-image
+	@repo=$${IMAGE%:*}; tag=$${IMAGE##*:}; \
+	case "$$tag" in */*) repo="$(IMAGE)"; tag=latest;; esac; \
+	modules="$(DIST)/meshwasm.wasm$(if $(IMAGE),=$$repo:$$tag)"; \
+	for f in $(FILTERS); do modules="$$modules $(DIST)/$$f.wasm$(if $(IMAGE),=$${repo%/*}/$$f:$$tag)"; done; \
+	set -x; $(APP_BIN)/oci-image --layout-dir $(DIST)/oci --push-layout $(IMAGE_LAYOUT) $$modules
 
 # A DEMO token signed with the committed demo key: make token SUB=alice CLAIMS='{"groups":["admin"]}'
 SUB ?= alice
@@ -148,7 +175,7 @@ $(ISTIO_CRDS_CACHE)/.istio-$(ISTIO_VERSION):
 	@rm -rf $(ISTIO_CRDS_CACHE) && mv $(ISTIO_CRDS_CACHE).part $(ISTIO_CRDS_CACHE) && touch $@
 
 # End-to-end tests drive real Envoy: once per supported Istio release, on its Envoy.
-test-e2e: build apps $(foreach v,$(E2E_ENVOYS),$(call envoy_bin,$(v)))
+test-e2e: build apps registry-tools $(foreach v,$(E2E_ENVOYS),$(call envoy_bin,$(v)))
 	@for pair in $(E2E_MATRIX); do \
 	  istio=$${pair%%:*}; envoy=$${pair#*:}; \
 	  echo "== end-to-end on Envoy $$envoy (Istio $$istio)"; \

@@ -24,6 +24,8 @@ pub struct WasmPluginSpec {
     pub target_ref: Option<Value>,
     pub url: String,
     pub sha256: Option<String>,
+    pub image_pull_policy: Option<String>,
+    pub image_pull_secret: Option<String>,
     pub plugin_config: Option<Map<String, Value>>,
     pub plugin_name: Option<String>,
     pub phase: Option<String>,

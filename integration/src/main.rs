@@ -35,7 +35,8 @@ struct RunArgs {
     /// Envoy binary (default: the project's pinned Envoy, or MESHWASM_ENVOY).
     #[arg(long, env = "MESHWASM_ENVOY")]
     envoy: Option<PathBuf>,
-    /// Folder with the built `<module>.wasm` files that oci:// and https:// URLs map to.
+    /// Folder with the built `<module>.wasm` files: pushed as `meshwasm/<module>` images into the
+    /// mesh's registry, and served for https:// URLs.
     #[arg(long, env = "MESHWASM_DIST")]
     dist: Option<PathBuf>,
     /// Folder with the order app's binaries.

@@ -4,6 +4,7 @@
 use crate::bootstrap::{self, MeshConfig, ProxyPlan, ProxyRole};
 use crate::plugins::{self, IstioRelease, ModuleStore, Plugin};
 use crate::process::{free_ports, Supervised};
+use crate::registry::{FileServer, Registry};
 use crate::resources::{self, Resource};
 use crate::topology::{Topology, Workload};
 use crate::traffic::TrafficConfig;
@@ -101,6 +102,11 @@ pub struct Mesh {
     modules: ModuleStore,
     ecds_version: u64,
     pub istio_release: IstioRelease,
+    /// The registry every `oci://` URL is pulled through (see [`ModuleStore`]).
+    pub registry: Registry,
+    _file_server: FileServer,
+    /// Secrets at start, for the pull secrets of updated plugins.
+    secrets: Vec<Resource>,
 }
 
 struct SidecarPorts {
@@ -142,13 +148,16 @@ impl Mesh {
         let ecds_dir = options.run_dir.join("ecds");
         std::fs::create_dir_all(&ecds_dir)
             .with_context(|| format!("cannot create {}", ecds_dir.display()))?;
-        let modules = ModuleStore {
-            dist: options.dist.clone(),
-        };
+        let (registry, file_server, published) = module_sources(options)?;
+        let mut modules = ModuleStore::new(
+            options.run_dir.join("istio-data"),
+            Some(registry.address.clone()),
+            Some(file_server.address.clone()),
+        )?;
         let mut warnings = Vec::new();
         for plugin in &plugins {
             warnings.extend(plugin.ignored_for_target_refs());
-            warnings.extend(write_extension_config(plugin, &modules, &ecds_dir, 1)?);
+            warnings.extend(write_extension_config(plugin, &mut modules, &ecds_dir, 1)?);
         }
         let mesh_config = MeshConfig {
             topology: &topology,
@@ -205,6 +214,13 @@ impl Mesh {
             modules,
             ecds_version: 1,
             istio_release,
+            registry,
+            _file_server: file_server,
+            secrets: resources
+                .iter()
+                .filter(|r| r.kind == "Secret")
+                .cloned()
+                .collect(),
         };
         for workload in &topology.workloads {
             let ports = &sidecars[&workload.name];
@@ -254,6 +270,7 @@ impl Mesh {
             "mesh: emulating Istio {istio_release} (istiod's names and defaults; {} picks another)",
             IstioRelease::ENV
         );
+        eprintln!("mesh: {published}");
         for line in mesh.warnings.iter().chain(&not_enforced_locally(resources)) {
             eprintln!("mesh: {line}");
         }
@@ -475,7 +492,11 @@ impl Mesh {
 
     /// Every log, for a failing test's output.
     pub fn dump_logs(&self) -> String {
-        let mut out = String::new();
+        let mut out = format!(
+            "\n===== registry {} =====\n{}\n",
+            self.registry.address,
+            self.registry.log()
+        );
         for process in &self.processes {
             out.push_str(&format!(
                 "\n===== {} ({}) =====\n{}\n",
@@ -496,7 +517,8 @@ impl Mesh {
     /// the plugin refuses it. The plugin must have existed at start (a new
     /// plugin would change listeners, which the local mesh does not reload).
     pub fn update_plugin(&mut self, yaml: &str) -> Result<Option<String>> {
-        let resources = resources::parse_documents("updated plugin", yaml, 0)?;
+        let mut resources = resources::parse_documents("updated plugin", yaml, 0)?;
+        resources.extend(self.secrets.iter().cloned());
         let [plugin] = plugins::load(&resources, self.istio_release)?
             .try_into()
             .map_err(|_| anyhow::anyhow!("update_plugin takes exactly one WasmPlugin"))?;
@@ -508,7 +530,16 @@ impl Mesh {
             );
         }
         self.ecds_version += 1;
-        write_extension_config(&plugin, &self.modules, &self.ecds_dir, self.ecds_version)
+        let warning = write_extension_config(
+            &plugin,
+            &mut self.modules,
+            &self.ecds_dir,
+            self.ecds_version,
+        )?;
+        if let Some(line) = &warning {
+            eprintln!("mesh: {line}");
+        }
+        Ok(warning)
     }
 
     /// The name of a process that has exited on its own, if any.
@@ -539,11 +570,11 @@ impl Drop for Mesh {
 /// returns the line istio-agent would log when the module could not be had.
 fn write_extension_config(
     plugin: &Plugin,
-    modules: &ModuleStore,
+    modules: &mut ModuleStore,
     dir: &Path,
     version: u64,
 ) -> Result<Option<String>> {
-    let (resource, error) = plugins::extension_config(plugin, modules);
+    let (resource, error) = plugins::extension_config(plugin, modules, version);
     let path = dir.join(plugin.ecds_file_name());
     let staging = dir.join(format!(".{}.tmp", plugin.ecds_file_name()));
     std::fs::write(
@@ -582,6 +613,27 @@ fn not_enforced_locally(resources: &[Resource]) -> Vec<String> {
             ))
         })
         .collect()
+}
+
+/// The registry with every `dist/<module>.wasm` pushed as `meshwasm/<module>`,
+/// the file server for `https://` URLs, and the line saying so.
+fn module_sources(options: &MeshOptions) -> Result<(Registry, FileServer, String)> {
+    let started = Instant::now();
+    let registry = Registry::start(&options.run_dir.join("registry"), "registry", None)?;
+    let published = crate::registry::publish_dist(&registry, &options.dist)?;
+    let file_server = FileServer::start(&options.dist)?;
+    let line = format!(
+        "oci:// images are pulled through the registry {} as a mirror of every registry outside this machine \
+         ({} pushed from {} in {} ms: {}); https:// modules come from http://{} ({})",
+        registry.address,
+        published.len(),
+        options.dist.display(),
+        started.elapsed().as_millis(),
+        published.join(", "),
+        file_server.address,
+        options.dist.display()
+    );
+    Ok((registry, file_server, line))
 }
 
 /// Apps reach every Service through one outbound listener (one HTTP proxy

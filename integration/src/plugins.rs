@@ -3,12 +3,13 @@
 //! follows.
 
 use crate::istio::WasmPluginSpec;
+pub use crate::oci::{FetchError, ModuleStore};
+use crate::oci::{FetchRequest, PullPolicy, PullSecret};
 use crate::resources::{labels_match, Resource, ROOT_NAMESPACE};
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where a filter chain sits, which decides `match.mode`
 /// (pilot/pkg/model/extensions.go `workloadModeForListenerClass`).
@@ -121,6 +122,7 @@ pub struct Plugin {
     pub phase: Phase,
     pub spec: WasmPluginSpec,
     pub release: IstioRelease,
+    pub pull_secret: PullSecret,
 }
 
 impl Plugin {
@@ -209,6 +211,11 @@ pub fn load(resources: &[Resource], release: IstioRelease) -> Result<Vec<Plugin>
             }
             let phase =
                 Phase::parse(spec.phase.as_deref()).map_err(|err| context(err.to_string()))?;
+            let pull_secret = pull_secret(
+                resources,
+                &resource.namespace,
+                spec.image_pull_secret.as_deref(),
+            );
             Ok(Plugin {
                 name: resource.name.clone(),
                 namespace: resource.namespace.clone(),
@@ -216,9 +223,45 @@ pub fn load(resources: &[Resource], release: IstioRelease) -> Result<Vec<Plugin>
                 phase,
                 spec,
                 release,
+                pull_secret,
             })
         })
         .collect()
+}
+
+/// istiod resolves `imagePullSecret` (`name`, or `namespace/name` with the
+/// namespace forced to the plugin's, pilot/pkg/model/extensions.go) to a
+/// `kubernetes.io/dockerconfigjson` Secret's `.dockerconfigjson`
+/// (credentials controller `GetDockerCredential`); anything else is missing.
+fn pull_secret(resources: &[Resource], namespace: &str, name: Option<&str>) -> PullSecret {
+    let Some(name) = name.filter(|name| !name.is_empty()) else {
+        return PullSecret::None;
+    };
+    let short = name.rsplit('/').next().unwrap_or(name);
+    resources
+        .iter()
+        .find(|r| {
+            r.kind == "Secret"
+                && r.group().is_empty()
+                && r.namespace == namespace
+                && r.name == short
+        })
+        .filter(|secret| secret.body["type"] == "kubernetes.io/dockerconfigjson")
+        .and_then(|secret| {
+            let string_data = secret.body["stringData"][".dockerconfigjson"].as_str();
+            let data = secret.body["data"][".dockerconfigjson"].as_str();
+            match (string_data, data) {
+                (Some(text), _) => Some(text.as_bytes().to_vec()),
+                (None, Some(encoded)) => {
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).ok()
+                }
+                (None, None) => None,
+            }
+        })
+        .map_or_else(
+            || PullSecret::Missing(format!("{namespace}/{short}")),
+            PullSecret::DockerConfig,
+        )
 }
 
 /// The proxy a filter chain is being built for.
@@ -292,70 +335,25 @@ fn matches_listener(plugin: &Plugin, class: ListenerClass, port: u16) -> bool {
         })
 }
 
-/// Why a module could not be had: istio-agent then swaps in an RBAC filter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchError(pub String);
-
-/// Stands in for istio-agent's fetch: `file://` is used as is; `oci://` and
-/// `http(s)://` URLs map to the locally built `dist/<module>.wasm`, where the
-/// module is the last path segment of the URL without tag, digest or `.wasm`.
-pub struct ModuleStore {
-    pub dist: PathBuf,
-}
-
-impl ModuleStore {
-    pub fn resolve(&self, url: &str, sha256: Option<&str>) -> Result<PathBuf, FetchError> {
-        if let Some(path) = url.strip_prefix("file://") {
-            // Istio passes file:// paths to Envoy untouched (no checksum check).
-            return Ok(PathBuf::from(path));
-        }
-        // A URL without a scheme means oci:// (pilot/pkg/model/extensions.go).
-        let rest = ["oci://", "https://", "http://"]
-            .iter()
-            .find_map(|scheme| url.strip_prefix(scheme))
-            .unwrap_or(url);
-        let last = rest.rsplit('/').next().unwrap_or(rest);
-        let module = last
-            .split(['@', ':'])
-            .next()
-            .unwrap_or(last)
-            .trim_end_matches(".wasm");
-        if module.is_empty() || !rest.contains('/') {
-            return Err(FetchError(format!("cannot parse module URL {url}")));
-        }
-        let path = self.dist.join(format!("{module}.wasm"));
-        let bytes = std::fs::read(&path).map_err(|err| {
-            FetchError(format!(
-                "fetching {url}: no local module {} ({err})",
-                path.display()
-            ))
-        })?;
-        // pkg/wasm: the module must start with the wasm magic.
-        if bytes.len() < 8 || !bytes.starts_with(b"\0asm") {
-            return Err(FetchError(format!("fetched {url} is not a wasm module")));
-        }
-        // "nil" is istiod's placeholder for an unset checksum (pkg/wasm/convert.go).
-        if let Some(expected) = sha256.filter(|s| !s.is_empty() && *s != "nil") {
-            let actual = hex(&Sha256::digest(&bytes));
-            if !actual.eq_ignore_ascii_case(expected) {
-                return Err(FetchError(format!("module downloaded from {url} has checksum {actual}, which does not match: {expected}")));
-            }
-        }
-        Ok(path)
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The ECDS resource Envoy gets for a plugin: the wasm filter as istio-agent
 /// rewrites it (local file), or on a fetch failure the RBAC filter the agent
 /// substitutes: allow-all for FAIL_OPEN, deny-all otherwise (pkg/wasm/convert.go).
-pub fn extension_config(plugin: &Plugin, modules: &ModuleStore) -> (Value, Option<FetchError>) {
-    let (typed_config, error) = match modules
-        .resolve(&plugin.spec.url, plugin.spec.sha256.as_deref())
-    {
+/// `resource_version` stands for the WasmPlugin's resourceVersion (a new one
+/// per applied edit), which decides re-pulls (see [`crate::oci::ignore_resource_version`]).
+pub fn extension_config(
+    plugin: &Plugin,
+    modules: &mut ModuleStore,
+    resource_version: u64,
+) -> (Value, Option<FetchError>) {
+    let request = FetchRequest {
+        url: &plugin.spec.url,
+        sha256: plugin.spec.sha256.as_deref(),
+        resource_name: &plugin.filter_name(),
+        resource_version: &resource_version.to_string(),
+        pull_policy: PullPolicy::parse(plugin.spec.image_pull_policy.as_deref()),
+        pull_secret: &plugin.pull_secret,
+    };
+    let (typed_config, error) = match modules.resolve(&request) {
         Ok(path) => (wasm_config(plugin, &path), None),
         Err(err) if plugin.fail_open() => (
             json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", "rules_stat_prefix": "wasm-default-allow"}),
@@ -709,8 +707,8 @@ mod tests {
             "url: oci://ghcr.io/x/local:1",
             "url: file:///opt/local.wasm",
         ));
-        let (_dir, store) = store_with(b"\0asm\x01\0\0\0");
-        let (filter, err) = extension_config(&local[0], &store);
+        let mut store = ModuleStore::new(std::env::temp_dir(), None, None).unwrap();
+        let (filter, err) = extension_config(&local[0], &mut store, 1);
         assert!(err.is_none());
         assert_eq!(
             filter["typed_config"]["config"]["vm_config"]["environment_variables"]["key_values"],
@@ -790,61 +788,106 @@ mod tests {
         );
     }
 
-    fn store_with(module: &[u8]) -> (tempdir::Dir, ModuleStore) {
+    /// A store whose `https://` modules come from a file server on a
+    /// folder holding `authz.wasm`; no registry (oci:// URLs fail).
+    fn store_with(module: &[u8]) -> (tempdir::Dir, crate::registry::FileServer, ModuleStore) {
         let dir = tempdir::Dir::new();
         std::fs::write(dir.path().join("authz.wasm"), module).unwrap();
-        let store = ModuleStore {
-            dist: dir.path().to_owned(),
-        };
-        (dir, store)
+        let server = crate::registry::FileServer::start(dir.path()).unwrap();
+        let store =
+            ModuleStore::new(dir.path().join("cache"), None, Some(server.address.clone())).unwrap();
+        (dir, server, store)
+    }
+
+    fn remote(doc: String) -> String {
+        doc.replace(
+            "url: oci://ghcr.io/x/authz:1",
+            "url: https://modules.example/m/authz.wasm",
+        )
     }
 
     #[test]
-    fn urls_map_to_local_modules_with_checksum() {
+    fn https_modules_are_fetched_checked_and_cached() {
         let module = b"\0asm\x01\0\0\0";
-        let (_dir, store) = store_with(module);
-        let sha = hex(&Sha256::digest(module));
-        for url in [
-            "oci://ghcr.io/meshwasm/authz:0.1.0",
-            "ghcr.io/meshwasm/authz@sha256:abc",
-            "https://example.com/m/authz.wasm",
+        let (_dir, _server, mut store) = store_with(module);
+        let sha = crate::oci::sha256_hex(module);
+        for extra in [
+            String::new(),
+            format!("  sha256: {sha}"),
+            "  sha256: nil".into(),
         ] {
-            assert!(store.resolve(url, None).is_ok(), "{url}");
+            let all = plugins(&remote(plugin_doc("authz", "shop", &extra)));
+            let (filter, err) = extension_config(&all[0], &mut store, 1);
+            assert!(err.is_none(), "{extra}: {err:?}");
+            let file = filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]
+                .as_str()
+                .unwrap();
+            assert!(file.ends_with(&format!("{sha}.wasm")), "{file}");
         }
-        assert!(store
-            .resolve("oci://ghcr.io/meshwasm/authz:0.1.0", Some(&sha))
-            .is_ok());
-        assert!(store
-            .resolve("oci://ghcr.io/meshwasm/authz:0.1.0", Some("nil"))
-            .is_ok());
-        let err = store
-            .resolve("oci://ghcr.io/meshwasm/authz:0.1.0", Some(&"0".repeat(64)))
-            .unwrap_err();
-        assert!(err.0.contains("does not match"), "{err:?}");
-        assert!(store
-            .resolve("oci://ghcr.io/meshwasm/missing:1", None)
-            .is_err());
+        // Downloaded once: the sha256 pin and the URL's checksum hit the cache.
+        assert_eq!(store.pulls.len(), 1);
+        let wrong = plugins(&remote(plugin_doc(
+            "authz",
+            "shop",
+            &format!("  sha256: {}", "0".repeat(64)),
+        )));
+        let (_, err) = extension_config(&wrong[0], &mut store, 1);
+        assert!(err.unwrap().0.contains("which does not match"));
+        let missing = plugins(
+            &plugin_doc("missing", "shop", "")
+                .replace("oci://ghcr.io/x/missing:1", "https://h/missing.wasm"),
+        );
+        let (_, err) = extension_config(&missing[0], &mut store, 1);
+        assert!(err.unwrap().0.contains("status code 404"));
+    }
+
+    #[test]
+    fn a_non_wasm_download_is_a_fetch_failure() {
+        let (_dir, _server, mut store) = store_with(b"<html>not found</html>");
+        let all = plugins(&remote(plugin_doc("authz", "shop", "")));
+        let (_, err) = extension_config(&all[0], &mut store, 1);
+        assert!(err.unwrap().0.contains("is invalid"));
+    }
+
+    #[test]
+    fn pull_secrets_come_from_dockerconfigjson_secrets_of_the_plugin_namespace() {
+        let secret = |namespace: &str, kind: &str| {
+            format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: regcred, namespace: {namespace}}}\ntype: {kind}\ndata: {{.dockerconfigjson: e30=}}\n---\n")
+        };
+        let with = |docs: &[String], reference: &str| {
+            let doc = plugin_doc("p", "shop", &format!("  imagePullSecret: {reference}"));
+            plugins(&[docs.concat(), doc].concat())[0]
+                .pull_secret
+                .clone()
+        };
+        let good = secret("shop", "kubernetes.io/dockerconfigjson");
         assert_eq!(
-            store.resolve("file:///opt/x.wasm", Some("bad")).unwrap(),
-            PathBuf::from("/opt/x.wasm")
+            with(&[good.clone()], "regcred"),
+            PullSecret::DockerConfig(b"{}".to_vec())
+        );
+        assert_eq!(
+            with(&[good], "other/regcred"),
+            PullSecret::DockerConfig(b"{}".to_vec())
+        );
+        for docs in [
+            vec![],
+            vec![secret("bank", "kubernetes.io/dockerconfigjson")],
+            vec![secret("shop", "Opaque")],
+        ] {
+            assert_eq!(
+                with(&docs, "regcred"),
+                PullSecret::Missing("shop/regcred".into())
+            );
+        }
+        assert_eq!(
+            plugins(&plugin_doc("p", "shop", ""))[0].pull_secret,
+            PullSecret::None
         );
     }
 
     #[test]
-    fn non_wasm_module_is_a_fetch_failure() {
-        let (_dir, store) = store_with(b"<html>not found</html>");
-        assert!(store
-            .resolve("oci://r/authz:1", None)
-            .unwrap_err()
-            .0
-            .contains("not a wasm module"));
-    }
-
-    #[test]
     fn fetch_failure_becomes_rbac_per_fail_strategy() {
-        let store = ModuleStore {
-            dist: PathBuf::from("/nonexistent"),
-        };
+        let mut store = ModuleStore::new(std::env::temp_dir(), None, None).unwrap();
         let all = plugins(
             &[
                 plugin_doc("closed", "shop", ""),
@@ -852,7 +895,7 @@ mod tests {
             ]
             .concat(),
         );
-        let (closed, err) = extension_config(&all[0], &store);
+        let (closed, err) = extension_config(&all[0], &mut store, 1);
         assert!(err.is_some());
         assert_eq!(
             closed["typed_config"]["rules_stat_prefix"],
@@ -863,7 +906,7 @@ mod tests {
             closed["name"],
             "extensions.istio.io/trafficextension/shop.closed~istio-translated-wasmplugin"
         );
-        let (open, _) = extension_config(&all[1], &store);
+        let (open, _) = extension_config(&all[1], &mut store, 1);
         assert_eq!(
             open["typed_config"]["rules_stat_prefix"],
             "wasm-default-allow"
@@ -873,14 +916,13 @@ mod tests {
 
     #[test]
     fn wasm_filter_carries_root_id_config_policy_and_env() {
-        let module = b"\0asm\x01\0\0\0";
-        let (_dir, store) = store_with(module);
-        let all = plugins(&plugin_doc(
+        let (_dir, _server, mut store) = store_with(b"\0asm\x01\0\0\0");
+        let all = plugins(&remote(plugin_doc(
             "authz",
             "shop",
             "  pluginName: authz_root\n  failStrategy: FAIL_OPEN\n  pluginConfig: {b: 1, a: x}\n  vmConfig:\n    env: [{name: POD_NAME, valueFrom: HOST}, {name: MODE, value: strict}, {name: ISTIO_META_X, value: y}]",
-        ));
-        let (filter, err) = extension_config(&all[0], &store);
+        )));
+        let (filter, err) = extension_config(&all[0], &mut store, 1);
         assert!(err.is_none());
         let config = &filter["typed_config"]["config"];
         assert_eq!(config["root_id"], "authz_root");
@@ -897,9 +939,9 @@ mod tests {
 
     #[test]
     fn defaults_fail_closed_without_config_or_env() {
-        let (_dir, store) = store_with(b"\0asm\x01\0\0\0");
-        let all = plugins(&plugin_doc("authz", "shop", ""));
-        let (filter, _) = extension_config(&all[0], &store);
+        let (_dir, _server, mut store) = store_with(b"\0asm\x01\0\0\0");
+        let all = plugins(&remote(plugin_doc("authz", "shop", "")));
+        let (filter, _) = extension_config(&all[0], &mut store, 1);
         let config = &filter["typed_config"]["config"];
         assert_eq!(config["failure_policy"], "FAIL_CLOSED");
         assert!(config.get("configuration").is_none());

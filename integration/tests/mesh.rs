@@ -204,9 +204,11 @@ fn a_wrong_sha256_fails_closed_and_the_right_one_loads() {
     );
     drop(wrong);
 
-    let dist = MeshOptions::default().dist;
-    let sha = std::fs::read_to_string(dist.join("telemetry.wasm.sha256")).unwrap();
-    let sha = sha.split_whitespace().next().unwrap().to_owned();
+    // For oci:// the sha256 is the image manifest digest (tests/oci.rs: the
+    // module's own hash fails).
+    let module = std::fs::read(MeshOptions::default().dist.join("telemetry.wasm")).unwrap();
+    let image = oci_image::build(&module, oci_image::Layout::PluginTar).unwrap();
+    let sha = image.digest().trim_start_matches("sha256:").to_owned();
     let right = start(&[&broken_plugin(url, Some(&sha), None)]);
     assert_eq!(right.ingress_get("/healthz").unwrap().status, 200);
     assert!(right.warnings.is_empty(), "{:?}", right.warnings);
