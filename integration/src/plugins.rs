@@ -862,7 +862,7 @@ mod tests {
         };
         let good = secret("shop", "kubernetes.io/dockerconfigjson");
         assert_eq!(
-            with(&[good.clone()], "regcred"),
+            with(std::slice::from_ref(&good), "regcred"),
             PullSecret::DockerConfig(b"{}".to_vec())
         );
         assert_eq!(
