@@ -129,7 +129,7 @@ IMAGE_LAYOUT ?= plugin-tar
 .PHONY: image
 image: build
 	cargo build -q -p oci-image
-	@repo=$${IMAGE%:*}; tag=$${IMAGE##*:}; \
+	@image="$(IMAGE)"; repo=$${image%:*}; tag=$${image##*:}; \
 	case "$$tag" in */*) repo="$(IMAGE)"; tag=latest;; esac; \
 	modules="$(DIST)/meshwasm.wasm$(if $(IMAGE),=$$repo:$$tag)"; \
 	for f in $(FILTERS); do modules="$$modules $(DIST)/$$f.wasm$(if $(IMAGE),=$${repo%/*}/$$f:$$tag)"; done; \
