@@ -9,6 +9,7 @@ use crate::config::{
 };
 use crate::hash::{bucket, percent_to_buckets};
 use crate::matcher::NamedMatch;
+use meshwasm_shared::host_headers::Header;
 use meshwasm_shared::{claims, headers, host_pattern};
 use serde_json::Value;
 
@@ -20,7 +21,7 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     pub authority: &'a str,
     pub scheme: &'a str,
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [Header<'a>],
     /// Verified claims (from the authz filter), if any.
     pub claims: Option<&'a Value>,
 }
@@ -372,7 +373,7 @@ impl Context<'_> {
                 .headers
                 .iter()
                 .filter(|(key, _)| key.eq_ignore_ascii_case(name))
-                .map(|(_, value)| value.clone())
+                .map(|(_, value)| value.clone().into_owned())
                 .collect()
         }) && all(&conditions.query_params, &|name| {
             query
@@ -473,11 +474,11 @@ pub fn rewrite_path(rewrite: &PathRewrite, path: &str) -> String {
 }
 
 /// All values of header `name`, joined with `,` (how `baggage` combines).
-fn combined(headers: &[(String, String)], name: &str) -> Option<String> {
+fn combined(headers: &[Header<'_>], name: &str) -> Option<String> {
     let values: Vec<&str> = headers
         .iter()
         .filter(|(key, _)| key.eq_ignore_ascii_case(name))
-        .map(|(_, value)| value.as_str())
+        .map(|(_, value)| value.as_ref())
         .collect();
     (!values.is_empty()).then(|| values.join(","))
 }

@@ -1,13 +1,14 @@
-//! proxy-wasm glue: reads the request, asks the [`Router`], applies the
-//! decision and makes Envoy pick the route again.
+//! proxy-wasm glue: reads the request, asks the [`Router`] and applies the
+//! decision (Envoy picks the route again after the header writes).
 
 use crate::config::{ClaimsSource, Config};
 use crate::engine::{Decision, Outcome, RequestView, Router};
-use meshwasm_shared::metrics::{tagged_name, Metrics};
+use meshwasm_shared::host_headers::Header;
+use meshwasm_shared::metrics::{tagged_name, FastMap, Metrics};
 use meshwasm_shared::{filter_state, headers, host_headers, unconfigured};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MapType};
+use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -18,7 +19,39 @@ const NONE: &str = "none";
 #[derive(Default)]
 pub struct RoutingRoot {
     router: Option<Rc<Router>>,
-    metrics: Rc<RefCell<Metrics>>,
+    metrics: Rc<RefCell<DecisionMetrics>>,
+}
+
+/// The decision counter's ids per (rule, lane) label pair, so a request
+/// neither builds nor hashes its tagged name. Bounded: rules are configured
+/// and lanes outside the config count as `other`.
+#[derive(Default)]
+struct DecisionMetrics {
+    metrics: Metrics,
+    /// rule → lane → id.
+    ids: FastMap<String, FastMap<String, u32>>,
+}
+
+impl DecisionMetrics {
+    fn count(&mut self, rule: &str, lane: &str) {
+        let cached = self
+            .ids
+            .get(rule)
+            .and_then(|lanes| lanes.get(lane))
+            .copied();
+        let id = cached.or_else(|| {
+            let name = tagged_name(DECISIONS_METRIC, &[("rule", rule), ("lane", lane)]);
+            let id = self.metrics.id(MetricType::Counter, &name)?;
+            self.ids
+                .entry(rule.to_owned())
+                .or_default()
+                .insert(lane.to_owned(), id);
+            Some(id)
+        });
+        if let Some(id) = id {
+            self.metrics.add(id, 1);
+        }
+    }
 }
 
 impl Context for RoutingRoot {}
@@ -63,7 +96,7 @@ impl RootContext for RoutingRoot {
 
 struct RoutingHttp {
     router: Rc<Router>,
-    metrics: Rc<RefCell<Metrics>>,
+    metrics: Rc<RefCell<DecisionMetrics>>,
     /// `rule=<r>; lane=<l>` for the debug response header.
     debug_value: Option<String>,
     debug_sent: bool,
@@ -73,8 +106,10 @@ impl Context for RoutingHttp {}
 
 impl HttpContext for RoutingHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let mut request_headers = host_headers::request();
-        let mut changed = self.strip_owned_headers(&mut request_headers);
+        // One read of the header map, decoded in place.
+        let raw_headers = host_headers::map_buffer(MapType::HttpRequestHeaders);
+        let mut request_headers = host_headers::decode_map(&raw_headers);
+        self.strip_owned_headers(&mut request_headers);
         let claims = self.verified_claims(&request_headers);
         let pseudo = |name: &str| headers::find(&request_headers, name).unwrap_or("");
         let scheme = headers::find(&request_headers, "x-forwarded-proto")
@@ -92,7 +127,6 @@ impl HttpContext for RoutingHttp {
 
         let action = match &decision.outcome {
             Outcome::Forward(mutations) => {
-                changed |= !mutations.is_empty();
                 for name in &mutations.remove_headers {
                     remove_request_header(name);
                 }
@@ -128,9 +162,9 @@ impl HttpContext for RoutingHttp {
                 Action::Pause
             }
         };
-        if changed {
-            clear_route_cache();
-        }
+        // No explicit route-cache clear: for this module's ABI (0.2.1) Envoy
+        // clears the cache on every request-header write above (README,
+        // "Route cache").
         action
     }
 
@@ -149,22 +183,19 @@ impl HttpContext for RoutingHttp {
 }
 
 impl RoutingHttp {
-    /// Removes every owned header the client sent (anti-spoofing); true when
-    /// one was there.
-    fn strip_owned_headers(&self, request_headers: &mut Vec<(String, String)>) -> bool {
+    /// Removes every owned header the client sent (anti-spoofing).
+    fn strip_owned_headers(&self, request_headers: &mut Vec<Header<'_>>) {
         let owned = self.router.owned_headers();
         let before = request_headers.len();
         request_headers.retain(|(name, _)| !owned.iter().any(|o| o.eq_ignore_ascii_case(name)));
-        if request_headers.len() == before {
-            return false;
+        if request_headers.len() != before {
+            for name in owned {
+                remove_request_header(name);
+            }
         }
-        for name in owned {
-            remove_request_header(name);
-        }
-        true
     }
 
-    fn verified_claims(&self, request_headers: &[(String, String)]) -> Option<serde_json::Value> {
+    fn verified_claims(&self, request_headers: &[Header<'_>]) -> Option<serde_json::Value> {
         if !self.router.uses_claims() {
             return None;
         }
@@ -198,8 +229,7 @@ impl RoutingHttp {
         } else {
             "other"
         };
-        let name = tagged_name(DECISIONS_METRIC, &[("rule", rule), ("lane", lane_label)]);
-        self.metrics.borrow_mut().count(&name, 1);
+        self.metrics.borrow_mut().count(rule, lane_label);
     }
 
     fn respond(&mut self, status: u16, response_headers: Vec<(&str, &str)>, body: &str) {
@@ -228,15 +258,5 @@ fn set_request_header(name: &str, value: Option<&str>) {
 fn remove_request_header(name: &str) {
     if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
         log::warn!("routing: could not remove {name}: {status:?}");
-    }
-}
-
-/// Makes Envoy select the route again after the request changed. Envoy ≥
-/// 1.33 exposes the `clear_route_cache` foreign function; it also clears the
-/// cache by itself on header changes from ABI 0.2.1 modules (this one), so
-/// the explicit call is belt and braces and a missing function is harmless.
-fn clear_route_cache() {
-    if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", None) {
-        log::debug!("routing: clear_route_cache foreign function: {status:?}");
     }
 }

@@ -6,7 +6,9 @@ use meshwasm_routing::config::Config;
 use meshwasm_routing::engine::{RequestView, Router};
 use meshwasm_shared::config::parse;
 use meshwasm_shared::fuzz::{self, Request};
+use meshwasm_shared::host_headers::Header;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 /// Every kind of field: matchers of each source, each action, splits, rollouts.
 fn full_config() -> Value {
@@ -54,12 +56,17 @@ fn load(raw: &[u8]) -> Option<Router> {
 }
 
 fn decide(router: &Router, request: &Request) {
+    let headers: Vec<Header> = request
+        .headers
+        .iter()
+        .map(|(name, value)| (Cow::Borrowed(name.as_str()), Cow::Borrowed(value.as_str())))
+        .collect();
     router.decide(&RequestView {
         method: &request.method,
         path: &request.path,
         authority: &request.authority,
         scheme: &request.scheme,
-        headers: &request.headers,
+        headers: &headers,
         claims: Some(&request.claims),
     });
 }

@@ -3,7 +3,9 @@
 use super::Config;
 use crate::engine::{RequestView, Router};
 use meshwasm_shared::config::parse;
+use meshwasm_shared::host_headers::Header;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 fn shipped_configs() -> Vec<(String, Router)> {
     let path = concat!(
@@ -24,9 +26,9 @@ fn shipped_configs() -> Vec<(String, Router)> {
 }
 
 fn lane_of(router: &Router, headers: &[(&str, &str)], claims: Option<Value>) -> Option<String> {
-    let headers: Vec<(String, String)> = headers
+    let headers: Vec<Header> = headers
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(*v)))
         .collect();
     let decision = router.decide(&RequestView {
         method: "POST",

@@ -1,6 +1,7 @@
 use super::*;
 use meshwasm_shared::config::parse;
 use serde_json::json;
+use std::borrow::Cow;
 
 fn router(config: Value) -> Router {
     let raw = config.to_string();
@@ -11,7 +12,7 @@ struct Req {
     method: &'static str,
     path: String,
     authority: &'static str,
-    headers: Vec<(String, String)>,
+    headers: Vec<Header<'static>>,
     claims: Option<Value>,
 }
 
@@ -27,7 +28,8 @@ fn get(path: &str) -> Req {
 
 impl Req {
     fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_owned(), value.to_owned()));
+        self.headers
+            .push((Cow::Owned(name.to_owned()), Cow::Owned(value.to_owned())));
         self
     }
     fn claims(mut self, claims: Value) -> Self {
