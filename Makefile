@@ -50,6 +50,7 @@ DIST := $(CURDIR)/dist
 SUITE_TARGET := $(CURDIR)/target/suite
 
 .PHONY: setup build apps test test-unit test-bench test-e2e lint demo mesh token clean istio-crds crd-schemas
+.PHONY: prometheus test-prometheus-rules
 .PHONY: bench
 
 setup: $(TOOLS)/.wasm-target $(TOOLS)/.clang envoy registry-tools
@@ -100,13 +101,32 @@ apps:
 MESH_READY_FILE ?=
 MESH_ENV = MESHWASM_ENVOY=$(ENVOY) MESHWASM_DIST=$(DIST) MESHWASM_APP_BIN=$(APP_BIN)
 
-# The local mesh in the foreground; Ctrl-C stops every process.
-mesh: build envoy apps registry-tools
-	$(MESH_ENV) $(APP_BIN)/mesh up $(if $(MESH_READY_FILE),--ready-file $(MESH_READY_FILE))
+# The local mesh in the foreground, with Prometheus; Ctrl-C stops every process.
+mesh: build envoy apps prometheus registry-tools
+	$(MESH_ENV) $(APP_BIN)/mesh up --prometheus $(if $(MESH_READY_FILE),--ready-file $(MESH_READY_FILE))
 
 # Starts the mesh, runs the scripted scenario through the ingress, prints it, stops.
-demo: build envoy apps registry-tools
+demo: build envoy apps prometheus registry-tools
 	$(MESH_ENV) $(APP_BIN)/mesh demo
+
+# Debian's Prometheus and promtool: the mesh runs the binary itself (config and
+# storage in its run dir, 127.0.0.1 only), never the package's service.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  echo "installing prometheus (Debian: the mesh's Prometheus and promtool)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+# The manifests' rules (`mesh rules`) through `promtool check rules`, and the unit
+# tests of every rule and alert (integration/promtool/) through `promtool test rules`.
+PROMTOOL_DIR := $(CURDIR)/target/promtool
+test-prometheus-rules: prometheus
+	cargo build -q -p meshwasm-integration --bin mesh
+	@mkdir -p $(PROMTOOL_DIR)
+	$(APP_BIN)/mesh rules > $(PROMTOOL_DIR)/meshwasm.rules.yaml
+	cp integration/promtool/meshwasm.rules.test.yaml $(PROMTOOL_DIR)/
+	promtool check rules $(PROMTOOL_DIR)/meshwasm.rules.yaml
+	promtool test rules $(PROMTOOL_DIR)/meshwasm.rules.test.yaml
 
 # Debian's docker-registry (the CNCF distribution registry: the mesh runs the
 # binary itself, config and storage in its run dir, 127.0.0.1 only, never the
@@ -185,7 +205,7 @@ test-e2e: build apps registry-tools $(foreach v,$(E2E_ENVOYS),$(call envoy_bin,$
 	done
 
 # Ends with what was skipped, one line per reason (see SKIP_LOG).
-test: forget-skips lint test-unit test-bench test-e2e
+test: forget-skips lint test-unit test-bench test-prometheus-rules test-e2e
 	@if [ -s $(SKIP_LOG) ]; then \
 	  awk -F'\t' '{ n[$$1]++; how[$$1] = $$2; tests[$$1] = tests[$$1] (n[$$1] > 1 ? ", " : "") $$3 } \
 	    END { for (m in n) printf "SKIPPED %d test(s) for lack of %s (%s). To run them: %s\n", n[m], m, tests[m], how[m] }' $(SKIP_LOG); \

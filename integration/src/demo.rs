@@ -217,50 +217,54 @@ impl Demo<'_> {
         Ok(())
     }
 
-    /// Per-route RED figures read from every proxy's `/stats/prometheus`.
+    /// Per-route RED figures queried from the mesh's Prometheus, which scrapes
+    /// every proxy's `/stats/prometheus` with its pod's labels.
     fn red_table(&self) -> Result<()> {
+        let prometheus = self.mesh.prometheus_api()?;
         println!(
-            "\n== 5. RED per route from the sidecars' Prometheus endpoints (telemetry filter)"
+            "\n== 5. RED per route from Prometheus at {} (telemetry filter)",
+            prometheus.url
         );
+        prometheus.wait_caught_up(Duration::from_secs(60))?;
+        const BY: &str = "pod, reporter, route";
+        let query = |expr: &str| -> Result<BTreeMap<(String, String, String), f64>> {
+            Ok(prometheus
+                .query(expr)?
+                .into_iter()
+                .map(|s| {
+                    let key = |name| s.label(name).to_owned();
+                    ((key("pod"), key("reporter"), key("route")), s.value)
+                })
+                .collect())
+        };
+        let requests = query(&format!("sum by ({BY}) (meshwasm_requests_total)"))?;
+        let errors = query(&format!(
+            r#"sum by ({BY}) (meshwasm_requests_total{{response_code_class="5xx"}})"#
+        ))?;
+        let mean = query(&format!(
+            "sum by ({BY}) (meshwasm_request_duration_milliseconds_sum) \
+             / sum by ({BY}) (meshwasm_request_duration_milliseconds_count)"
+        ))?;
+        let p95 = query(&format!(
+            "histogram_quantile(0.95, sum by ({BY}, le) (meshwasm_request_duration_milliseconds_bucket))"
+        ))?;
         println!(
-            "{:<22} {:<9} {:<16} {:>8} {:>8} {:>10}",
-            "PROXY", "REPORTER", "ROUTE", "REQUESTS", "ERRORS", "MEAN MS"
+            "{:<22} {:<9} {:<16} {:>8} {:>8} {:>10} {:>10}",
+            "POD", "REPORTER", "ROUTE", "REQUESTS", "ERRORS", "MEAN MS", "P95 MS"
         );
-        let mut proxies = vec![crate::topology::INGRESS_NAME.to_owned()];
-        proxies.extend(self.mesh.ready.workloads.keys().cloned());
-        for proxy in proxies {
-            let text = self.mesh.prometheus(&proxy)?;
-            let mut rows: BTreeMap<(String, String), (f64, f64, f64, f64)> = BTreeMap::new();
-            for sample in crate::prometheus::parse(&text) {
-                let key = (
-                    sample.label("reporter").to_owned(),
-                    sample.label("route").to_owned(),
-                );
-                let row = rows.entry(key).or_default();
-                match sample.name.as_str() {
-                    "meshwasm_requests_total" => {
-                        row.0 += sample.value;
-                        if sample.label("response_code_class") == "5xx" {
-                            row.1 += sample.value;
-                        }
-                    }
-                    "meshwasm_request_duration_milliseconds_sum" => row.2 += sample.value,
-                    "meshwasm_request_duration_milliseconds_count" => row.3 += sample.value,
-                    _ => {}
-                }
-            }
-            for ((reporter, route), (requests, errors, sum, count)) in
-                rows.into_iter().filter(|(_, row)| row.0 > 0.0)
-            {
-                let mean = if count > 0.0 {
-                    format!("{:.2}", sum / count)
-                } else {
-                    "-".to_owned()
-                };
-                println!(
-                    "{proxy:<22} {reporter:<9} {route:<16} {requests:>8} {errors:>8} {mean:>10}"
-                );
-            }
+        let ms = |value: Option<&f64>| {
+            value
+                .filter(|v| v.is_finite())
+                .map_or("-".to_owned(), |v| format!("{v:.2}"))
+        };
+        for (key, count) in requests.iter().filter(|(_, count)| **count > 0.0) {
+            let (pod, reporter, route) = key;
+            println!(
+                "{pod:<22} {reporter:<9} {route:<16} {count:>8} {:>8} {:>10} {:>10}",
+                errors.get(key).copied().unwrap_or(0.0),
+                ms(mean.get(key)),
+                ms(p95.get(key)),
+            );
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ pub mod oci;
 pub mod plugins;
 pub mod process;
 pub mod prometheus;
+pub mod prometheus_server;
 pub mod registry;
 pub mod resources;
 pub mod skip;

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use meshwasm_integration::{demo, validate, Mesh, MeshOptions};
+use meshwasm_integration::{demo, prometheus_server, resources, validate, Mesh, MeshOptions};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,6 +21,11 @@ enum Command {
     Up(RunArgs),
     /// Start the mesh, run the demo scenario, print what happened, stop.
     Demo(RunArgs),
+    /// Print the manifests' Prometheus rule groups as a rules file (for promtool).
+    Rules {
+        #[arg(long, default_value_os_t = MeshOptions::default().manifests)]
+        manifests: PathBuf,
+    },
     /// Validate the manifests against Istio's CRD schemas and Kubernetes types.
     Validate {
         #[arg(long, default_value_os_t = MeshOptions::default().manifests)]
@@ -51,6 +56,10 @@ struct RunArgs {
     /// 1.29 and 1.28 are end of life.
     #[arg(long, env = "MESHWASM_ISTIO_VERSION")]
     istio_version: Option<String>,
+    /// Also run Prometheus (Debian's `prometheus` on PATH, or MESHWASM_PROMETHEUS) scraping every
+    /// Envoy, with the manifests' recording and alert rules; always on for `demo`.
+    #[arg(long)]
+    prometheus: bool,
     /// Written as JSON once every Envoy and app is ready.
     #[arg(long, env = "MESH_READY_FILE")]
     ready_file: Option<PathBuf>,
@@ -67,6 +76,7 @@ impl RunArgs {
             ingress_port: self.ingress_port,
             concurrency: self.concurrency,
             istio_version: self.istio_version.unwrap_or(defaults.istio_version.clone()),
+            prometheus: self.prometheus,
             ..defaults
         }
     }
@@ -119,8 +129,18 @@ fn run(cli: Cli) -> Result<()> {
             println!("mesh stopped");
             Ok(())
         }
+        Command::Rules { manifests } => {
+            print!(
+                "{}",
+                prometheus_server::rules_file(&resources::load_dir(&manifests)?)?
+            );
+            Ok(())
+        }
         Command::Demo(args) => {
-            let mesh = Mesh::start(args.options())?;
+            let mesh = Mesh::start(MeshOptions {
+                prometheus: true,
+                ..args.options()
+            })?;
             print_endpoints(&mesh);
             demo::run(&mesh)
         }
@@ -144,5 +164,8 @@ fn print_endpoints(mesh: &Mesh) {
     );
     for (name, urls) in &mesh.ready.workloads {
         println!("{:<24} {:<28} {}", name, urls.app, urls.sidecar_admin);
+    }
+    if let Some(url) = &mesh.ready.prometheus {
+        println!("{:<24} {url}", "prometheus");
     }
 }

@@ -4,6 +4,7 @@
 use crate::bootstrap::{self, MeshConfig, ProxyPlan, ProxyRole};
 use crate::plugins::{self, IstioRelease, ModuleStore, Plugin};
 use crate::process::{free_ports, Supervised};
+use crate::prometheus_server::{self, Prometheus, ScrapeTarget};
 use crate::registry::{FileServer, Registry};
 use crate::resources::{self, Resource};
 use crate::topology::{Topology, Workload};
@@ -36,6 +37,9 @@ pub struct MeshOptions {
     /// The Istio release whose istiod and istio-agent the mesh emulates
     /// (`1.31`, `1.30.3`, ...; see [`IstioRelease`]).
     pub istio_version: String,
+    /// Also start Prometheus scraping every Envoy with the manifests' rules
+    /// (see `prometheus_server`); its URL is in [`ReadyInfo::prometheus`].
+    pub prometheus: bool,
 }
 
 pub fn repo_root() -> PathBuf {
@@ -67,6 +71,7 @@ impl Default for MeshOptions {
             ready_timeout: Duration::from_secs(90),
             istio_version: std::env::var(IstioRelease::ENV)
                 .unwrap_or_else(|_| IstioRelease::NEWEST.to_string()),
+            prometheus: false,
         }
     }
 }
@@ -83,6 +88,8 @@ pub struct ReadyInfo {
     pub ingress: String,
     pub ingress_admin: String,
     pub workloads: BTreeMap<String, WorkloadUrls>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -206,6 +213,7 @@ impl Mesh {
                 ingress: format!("http://127.0.0.1:{ingress_port}"),
                 ingress_admin: format!("http://127.0.0.1:{gateway_admin}"),
                 workloads: BTreeMap::new(),
+                prometheus: None,
             },
             run_dir: options.run_dir.clone(),
             warnings,
@@ -275,7 +283,39 @@ impl Mesh {
             eprintln!("mesh: {line}");
         }
         mesh.wait_ready(options.ready_timeout)?;
+        if options.prometheus {
+            let mut targets: Vec<ScrapeTarget> = topology
+                .workloads
+                .iter()
+                .map(|w| {
+                    ScrapeTarget::pod(&w.namespace, &w.name, &w.labels, sidecars[&w.name].admin)
+                })
+                .collect();
+            if let Some(gateway) = &topology.gateway {
+                targets.push(ScrapeTarget::pod(
+                    &gateway.namespace,
+                    &gateway.name,
+                    &gateway.labels,
+                    gateway_admin,
+                ));
+            }
+            let groups = prometheus_server::rule_groups(resources)?;
+            let (process, api) =
+                prometheus_server::start(&targets, &groups, &mesh.run_dir, options.ready_timeout)?;
+            mesh.processes.push(process);
+            mesh.ready.prometheus = Some(api.url);
+        }
         Ok(mesh)
+    }
+
+    /// The mesh's Prometheus (started with [`MeshOptions::prometheus`]).
+    pub fn prometheus_api(&self) -> Result<Prometheus> {
+        let url = self
+            .ready
+            .prometheus
+            .as_deref()
+            .context("the mesh runs no Prometheus (MeshOptions::prometheus)")?;
+        Ok(Prometheus::new(url))
     }
 
     fn start_app(
