@@ -12,6 +12,7 @@ use crate::verify::{self, TokenError, Verified};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use meshwasm_shared::headers;
+use meshwasm_shared::host_headers::Header;
 use meshwasm_shared::problem::Problem;
 use meshwasm_shared::shared_data::SharedStore;
 use std::rc::Rc;
@@ -22,7 +23,7 @@ pub struct Request<'a> {
     pub authority: &'a str,
     /// The raw `:path`, query included.
     pub path: &'a str,
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [Header<'a>],
 }
 
 /// A refusal: the problem body plus the `WWW-Authenticate` challenge (401).

@@ -6,11 +6,12 @@ use crate::engine::{Allowed, Denial, Engine, Outcome, Request};
 use crate::jwks::{self, Reason};
 use crate::keys::KeySet;
 use crate::token::{self, Location};
+use meshwasm_shared::host_headers::Header;
 use meshwasm_shared::metrics::{tagged_name, Metrics};
 use meshwasm_shared::shared_data::HostStore;
 use meshwasm_shared::{filter_state, headers, host_headers, unconfigured};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MapType};
+use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -26,24 +27,44 @@ const TICK: Duration = Duration::from_secs(1);
 /// Largest JWKS document accepted from a fetch.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
-/// Tagged names of the metrics an allowed request counts, built once per VM.
-struct AllowMetricNames {
-    authenticated: String,
-    anonymous: String,
-    cache_hit: String,
-    cache_miss: String,
+/// The metrics an allowed request counts: tagged names built once per VM,
+/// ids kept once defined, so the request path hashes no name.
+struct AllowMetrics {
+    names: [String; 4],
+    ids: [Option<u32>; 4],
 }
 
-impl AllowMetricNames {
+impl AllowMetrics {
+    const AUTHENTICATED: usize = 0;
+    const ANONYMOUS: usize = 1;
+    const CACHE_HIT: usize = 2;
+    const CACHE_MISS: usize = 3;
+
     fn new() -> Self {
         let allowed =
             |reason| tagged_name(REQUESTS_TOTAL, &[("decision", "allow"), ("reason", reason)]);
         let cache = |result| tagged_name(CACHE_TOTAL, &[("result", result)]);
         Self {
-            authenticated: allowed("authenticated"),
-            anonymous: allowed("anonymous"),
-            cache_hit: cache("hit"),
-            cache_miss: cache("miss"),
+            names: [
+                allowed("authenticated"),
+                allowed("anonymous"),
+                cache("hit"),
+                cache("miss"),
+            ],
+            ids: [None; 4],
+        }
+    }
+
+    /// Counts one request in metric `which` (one of the constants above).
+    fn count(&mut self, metrics: &mut Metrics, which: usize) {
+        let (Some(slot), Some(name)) = (self.ids.get_mut(which), self.names.get(which)) else {
+            return;
+        };
+        if slot.is_none() {
+            *slot = metrics.id(MetricType::Counter, name);
+        }
+        if let Some(id) = *slot {
+            metrics.add(id, 1);
         }
     }
 }
@@ -55,7 +76,7 @@ struct State {
     /// `fetched_at` of the record each remote set was loaded from.
     loaded_at: Vec<u64>,
     metrics: Metrics,
-    allow_metrics: AllowMetricNames,
+    allow_metrics: AllowMetrics,
 }
 
 impl State {
@@ -272,7 +293,7 @@ impl RootContext for AuthzRoot {
             remote: vec![None; providers],
             loaded_at: vec![0; providers],
             metrics: Metrics::default(),
-            allow_metrics: AllowMetricNames::new(),
+            allow_metrics: AllowMetrics::new(),
         })));
         // Fetching starts on the first tick, not here: Envoy also configures
         // throw-away VMs (config validation) whose calls would never complete.
@@ -314,16 +335,20 @@ pub struct AuthzRequest {
     fetch: Option<(u32, usize)>,
 }
 
-/// The request headers, copied from Envoy once per decision and used by
-/// everything that follows it (logging a denial, stripping the token).
-struct Incoming {
-    headers: Vec<(String, String)>,
+/// The request headers, read from Envoy once per decision (decoded in place,
+/// borrowing from the host's buffer) and used by everything that follows it
+/// (logging a denial, stripping the token).
+struct Incoming<'a> {
+    headers: Vec<Header<'a>>,
 }
 
-impl Incoming {
-    fn read() -> Self {
+impl<'a> Incoming<'a> {
+    /// The decoded headers of `raw` ([`host_headers::map_buffer`]) without
+    /// the headers only this filter may set: a client's copies are removed
+    /// from the request too (anti-spoofing).
+    fn read(raw: &'a [u8], owned: &[String]) -> Self {
         Self {
-            headers: host_headers::request(),
+            headers: without_owned(host_headers::decode_map(raw), owned),
         }
     }
 
@@ -345,7 +370,7 @@ impl AuthzRequest {
         engine.decide(&request, remote, &HostStore, now)
     }
 
-    fn deny(&self, state: &mut State, denial: &Denial, incoming: &Incoming) {
+    fn deny(&self, state: &mut State, denial: &Denial, incoming: &Incoming<'_>) {
         // The query string may carry the token: log the path only.
         let (path, _) = headers::split_path(incoming.pseudo(":path"));
         log::info!(
@@ -364,7 +389,7 @@ impl AuthzRequest {
         }
     }
 
-    fn strip_token(&self, location: &Location, incoming: &Incoming) {
+    fn strip_token(&self, location: &Location, incoming: &Incoming<'_>) {
         match location {
             Location::Header { name, .. } => self.set_http_request_header(name, None),
             Location::Param(name) => {
@@ -383,7 +408,7 @@ impl AuthzRequest {
                     .headers
                     .iter()
                     .filter(|(key, _)| key == "cookie")
-                    .map(|(_, value)| value.as_str())
+                    .map(|(_, value)| value.as_ref())
                     .collect::<Vec<_>>()
                     .join("; ");
                 let rest = token::remove_cookie(&joined, name);
@@ -392,7 +417,7 @@ impl AuthzRequest {
         }
     }
 
-    fn allow(&self, state: &mut State, allowed: Allowed, incoming: &Incoming) {
+    fn allow(&self, state: &mut State, allowed: Allowed, incoming: &Incoming<'_>) {
         if let Some(location) = &allowed.strip {
             self.strip_token(location, incoming);
         }
@@ -411,7 +436,7 @@ impl AuthzRequest {
         filter_state::set(filter_state::AUTHZ_RESULT, &result);
         let State {
             metrics,
-            allow_metrics: names,
+            allow_metrics,
             ..
         } = state;
         let allowed_metric = match &allowed.verified {
@@ -419,16 +444,16 @@ impl AuthzRequest {
                 filter_state::set(filter_state::AUTHZ_PRINCIPAL, &verified.principal);
                 filter_state::set(filter_state::AUTHZ_CLAIMS, &verified.claims_json);
                 let cache_metric = if allowed.cache_hit {
-                    &names.cache_hit
+                    AllowMetrics::CACHE_HIT
                 } else {
-                    &names.cache_miss
+                    AllowMetrics::CACHE_MISS
                 };
-                metrics.count(cache_metric, 1);
-                &names.authenticated
+                allow_metrics.count(metrics, cache_metric);
+                AllowMetrics::AUTHENTICATED
             }
-            None => &names.anonymous,
+            None => AllowMetrics::ANONYMOUS,
         };
-        metrics.count(allowed_metric, 1);
+        allow_metrics.count(metrics, allowed_metric);
     }
 
     /// Applies an outcome; `true` when the request may continue now.
@@ -437,7 +462,7 @@ impl AuthzRequest {
         state: &mut State,
         outcome: Outcome,
         may_fetch: bool,
-        incoming: &Incoming,
+        incoming: &Incoming<'_>,
     ) -> bool {
         match outcome {
             Outcome::Allow(allowed) => {
@@ -492,7 +517,8 @@ impl Context for AuthzRequest {
         let state = Rc::clone(&self.state);
         let mut state = state.borrow_mut();
         state.accept_fetch(provider, status.as_deref(), body, now);
-        let incoming = Incoming::read();
+        let raw_headers = host_headers::map_buffer(MapType::HttpRequestHeaders);
+        let incoming = Incoming::read(&raw_headers, &state.engine.owned_headers);
         let outcome = self.decide(&mut state, &incoming);
         if self.apply(&mut state, outcome, false, &incoming) {
             self.resume_http_request();
@@ -504,11 +530,8 @@ impl HttpContext for AuthzRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let state = Rc::clone(&self.state);
         let mut state = state.borrow_mut();
-        // Anti-spoofing: only this filter sets its identity headers.
-        for header in &state.engine.owned_headers {
-            self.set_http_request_header(header, None);
-        }
-        let incoming = Incoming::read();
+        let raw_headers = host_headers::map_buffer(MapType::HttpRequestHeaders);
+        let incoming = Incoming::read(&raw_headers, &state.engine.owned_headers);
         let outcome = self.decide(&mut state, &incoming);
         if self.apply(&mut state, outcome, true, &incoming) {
             Action::Continue
@@ -516,4 +539,22 @@ impl HttpContext for AuthzRequest {
             Action::Pause
         }
     }
+}
+
+/// `headers` without those named in `owned` (lower case), which are also
+/// removed from the request: only this filter sets its identity headers.
+/// Nothing is written when the client sent none of them.
+fn without_owned<'a>(mut headers: Vec<Header<'a>>, owned: &[String]) -> Vec<Header<'a>> {
+    let before = headers.len();
+    headers.retain(|(name, _)| !owned.iter().any(|o| o.eq_ignore_ascii_case(name)));
+    if headers.len() != before {
+        for name in owned {
+            if let Err(status) =
+                proxy_wasm::hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None)
+            {
+                log::warn!("authz: could not remove {name}: {status:?}");
+            }
+        }
+    }
+    headers
 }

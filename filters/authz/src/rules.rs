@@ -5,6 +5,7 @@
 
 use crate::config::{Action, ClaimCondition, Rule, StringMatch};
 use meshwasm_shared::claims;
+use meshwasm_shared::host_headers::Header;
 use serde_json::Value;
 
 /// What rules look at.
@@ -13,7 +14,7 @@ pub struct RequestView<'a> {
     pub host: &'a str,
     /// Path without the query string.
     pub path: &'a str,
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [Header<'a>],
     /// `iss/sub` and verified claims, when a token was verified.
     pub principal: Option<&'a str>,
     pub claims: Option<&'a Value>,
@@ -99,7 +100,7 @@ pub fn rule_matches(rule: &Rule, request: &RequestView) -> bool {
                 .headers
                 .iter()
                 .filter(|(name, _)| name.eq_ignore_ascii_case(&condition.name))
-                .map(|(_, value)| value.as_str())
+                .map(|(_, value)| value.as_ref())
                 .collect();
             !values.is_empty()
                 && any_or_empty(&condition.values, |want| {

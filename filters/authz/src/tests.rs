@@ -7,8 +7,10 @@ use crate::token::Location;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey};
+use meshwasm_shared::host_headers::Header;
 use meshwasm_shared::shared_data::MemoryStore;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::rc::Rc;
 
 const NOW: u64 = 1_800_000_000;
@@ -107,9 +109,9 @@ impl Harness {
     }
 
     fn run(&mut self, method: &str, path: &str, headers: &[(&str, &str)], now: u64) -> Outcome {
-        let headers: Vec<(String, String)> = headers
+        let headers: Vec<Header> = headers
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(*v)))
             .collect();
         let request = Request {
             method,
@@ -614,7 +616,7 @@ fn remote_provider_reports_unknown_kid_for_refetch_and_uses_fetched_keys() {
     let mut engine = Engine::new(config, &raw);
     let store = MemoryStore::default();
     let good = token(json!({}));
-    let headers = vec![("authorization".to_string(), format!("Bearer {good}"))];
+    let headers: Vec<Header> = vec![("authorization".into(), format!("Bearer {good}").into())];
     let request = Request {
         method: "GET",
         authority: "a",
@@ -1082,7 +1084,7 @@ fn a_provider_only_accepts_its_own_token_locations() {
     let mut engine = Engine::new(config, &raw);
     let store = MemoryStore::default();
     let good = token(json!({}));
-    let headers = vec![("x-other-token".to_string(), good)];
+    let headers: Vec<Header> = vec![("x-other-token".into(), good.into())];
     let request = Request {
         method: "GET",
         authority: "a",

@@ -2,6 +2,7 @@
 //! than one place; a request that does is refused rather than guessed at.
 
 use meshwasm_shared::headers;
+use meshwasm_shared::host_headers::Header;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Location {
@@ -26,11 +27,7 @@ pub enum Extracted {
 }
 
 /// Looks at every configured location; `path` is the raw `:path`.
-pub fn extract(
-    locations: &[Location],
-    request_headers: &[(String, String)],
-    path: &str,
-) -> Extracted {
+pub fn extract(locations: &[Location], request_headers: &[Header<'_>], path: &str) -> Extracted {
     let mut found: Option<(String, Location)> = None;
     let mut seen = 0usize;
     let mut take = |token: &str, location: &Location| {
@@ -104,11 +101,12 @@ pub fn remove_cookie(cookie_header: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn h<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<Header<'a>> {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(*v)))
             .collect()
     }
 

@@ -10,8 +10,10 @@ use meshwasm_authz::config::AuthzConfig;
 use meshwasm_authz::engine::{Engine, Outcome, Request};
 use meshwasm_shared::config::parse;
 use meshwasm_shared::fuzz::{self, Request as Hostile};
+use meshwasm_shared::host_headers::Header;
 use meshwasm_shared::shared_data::MemoryStore;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 const NOW: u64 = 1_800_000_000;
 const ISS: &str = "https://auth.meshwasm.local";
@@ -91,10 +93,15 @@ fn token(hostile: &Value) -> String {
 }
 
 fn decide(engine: &mut Engine, request: &Hostile) -> Outcome {
-    let mut headers = request.headers.clone();
+    let bearer = format!("Bearer {}", token(&request.claims));
+    let mut headers: Vec<Header> = request
+        .headers
+        .iter()
+        .map(|(name, value)| (Cow::Borrowed(name.as_str()), Cow::Borrowed(value.as_str())))
+        .collect();
     headers.push((
-        "authorization".to_owned(),
-        format!("Bearer {}", token(&request.claims)),
+        Cow::Borrowed("authorization"),
+        Cow::Borrowed(bearer.as_str()),
     ));
     let remote = vec![None; engine.config.providers.len()];
     let request = Request {
