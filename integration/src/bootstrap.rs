@@ -2,7 +2,9 @@
 //! holds once istiod's LDS/CDS and istio-agent's ECDS rewrite have arrived,
 //! written as static config.
 
-use crate::plugins::{self, ListenerClass, Plugin, ProxyView};
+use crate::ca::Identity;
+use crate::plugins::{self, ListenerClass, Phase, Plugin, ProxyView};
+use crate::security::{self, SecurityConfig};
 use crate::topology::{Topology, Workload, INGRESS_TARGET_PORT};
 use crate::traffic::{RouteScope, TrafficConfig};
 use anyhow::Result;
@@ -38,6 +40,7 @@ pub struct MeshConfig<'a> {
     pub topology: &'a Topology,
     pub traffic: &'a TrafficConfig,
     pub plugins: &'a [Plugin],
+    pub security: &'a SecurityConfig,
     /// Where the plugins' ECDS files are (see `plugins::filter_stub`).
     pub ecds_dir: &'a std::path::Path,
 }
@@ -48,6 +51,8 @@ pub struct ProxyPlan<'a> {
     pub namespace: &'a str,
     pub labels: &'a BTreeMap<String, String>,
     pub service_account: &'a str,
+    /// The proxy's workload certificate from the mesh CA (see `ca.rs`).
+    pub identity: &'a Identity,
     pub admin_port: u16,
     pub role: ProxyRole<'a>,
 }
@@ -77,7 +82,9 @@ pub fn bootstrap(
         labels: proxy.labels,
     };
     let mut listeners = Vec::new();
-    let mut clusters = mesh.traffic.outbound_clusters(mesh.topology, address_of)?;
+    let mut clusters = mesh
+        .traffic
+        .outbound_clusters(mesh.topology, address_of, mesh.security)?;
     let node_type;
     match &proxy.role {
         ProxyRole::Sidecar {
@@ -95,7 +102,23 @@ pub fn bootstrap(
                 "virtual_hosts": [{"name": "inbound|http|{target_port}", "domains": ["*"], "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": inbound_cluster, "timeout": "0s"}}]}],
                 "validate_clusters": false,
             });
-            let filters = http_filters(mesh, &view, ListenerClass::SidecarInbound, target_port);
+            // iptables sends the pod's port to the inbound listener; locally
+            // it binds its own port, which is what RBAC sees as destination port.
+            let local_port = |port: u32| {
+                if port == u32::from(target_port) {
+                    u32::from(*inbound_port)
+                } else {
+                    port
+                }
+            };
+            let filters = http_filters(
+                mesh,
+                &view,
+                ListenerClass::SidecarInbound,
+                target_port,
+                &local_port,
+            )?;
+            let mode = mesh.security.inbound_mode(&view, target_port);
             listeners.push(listener(
                 "virtualInbound",
                 *inbound_port,
@@ -103,7 +126,7 @@ pub fn bootstrap(
                 &format!("inbound_0.0.0.0_{target_port}"),
                 inbound_routes,
                 filters,
-                false,
+                ListenerKind::Inbound(security::inbound_chains(mode)),
             ));
             clusters.push(json!({
                 "name": inbound_cluster,
@@ -116,7 +139,13 @@ pub fn bootstrap(
                 "virtual_hosts": mesh.traffic.virtual_hosts(mesh.topology, &RouteScope::Mesh { namespace: proxy.namespace })?,
                 "validate_clusters": false,
             });
-            let filters = http_filters(mesh, &view, ListenerClass::SidecarOutbound, *service_port);
+            let filters = http_filters(
+                mesh,
+                &view,
+                ListenerClass::SidecarOutbound,
+                *service_port,
+                &|port| port,
+            )?;
             listeners.push(listener(
                 &format!("0.0.0.0_{service_port}"),
                 *outbound_port,
@@ -124,7 +153,7 @@ pub fn bootstrap(
                 &format!("outbound_0.0.0.0_{service_port}"),
                 outbound_routes,
                 filters,
-                false,
+                ListenerKind::Outbound,
             ));
         }
         ProxyRole::Gateway {
@@ -137,7 +166,20 @@ pub fn bootstrap(
                 "virtual_hosts": mesh.traffic.virtual_hosts(mesh.topology, &RouteScope::Gateway { bound: bound_gateways })?,
                 "validate_clusters": false,
             });
-            let filters = http_filters(mesh, &view, ListenerClass::Gateway, INGRESS_TARGET_PORT);
+            let local_port = |port: u32| {
+                if port == u32::from(INGRESS_TARGET_PORT) {
+                    u32::from(*listen_port)
+                } else {
+                    port
+                }
+            };
+            let filters = http_filters(
+                mesh,
+                &view,
+                ListenerClass::Gateway,
+                INGRESS_TARGET_PORT,
+                &local_port,
+            )?;
             listeners.push(listener(
                 &format!("0.0.0.0_{INGRESS_TARGET_PORT}"),
                 *listen_port,
@@ -145,7 +187,7 @@ pub fn bootstrap(
                 &format!("outbound_0.0.0.0_{INGRESS_TARGET_PORT}"),
                 routes,
                 filters,
-                true,
+                ListenerKind::Gateway,
             ));
         }
     }
@@ -169,29 +211,52 @@ pub fn bootstrap(
             "use_all_default_tags": true,
             "stats_tags": STAT_TAGS.iter().map(|tag| json!({"tag_name": tag, "regex": meshwasm_shared::metrics::tag_regex(tag)})).collect::<Vec<_>>(),
         },
-        "static_resources": {"listeners": listeners, "clusters": clusters},
+        "static_resources": {"listeners": listeners, "clusters": clusters, "secrets": proxy.identity.secrets()},
     });
     Ok(bootstrap)
 }
 
-/// The HTTP filter chain in Istio's order: AUTHN, AUTHZ, STATS, UNSPECIFIED
-/// plugins (jwt_authn and rbac would sit between them), then fault, cors and
-/// the router. Istio's own filters (metadata exchange, istio.stats) are not
-/// in stock Envoy and are left out; the relative order is kept.
+/// The HTTP filter chain in Istio's order (listener_builder.go): AUTHN
+/// plugins, `jwt_authn`, AUTHZ plugins, the `rbac` filters, STATS and
+/// UNSPECIFIED plugins, then fault, cors and the router. Istio's own filters
+/// (metadata exchange, istio.stats) are not in stock Envoy and are left out;
+/// the relative order is kept.
 fn http_filters(
     mesh: &MeshConfig<'_>,
     view: &ProxyView<'_>,
     class: ListenerClass,
     port: u16,
-) -> Vec<Value> {
-    let mut filters: Vec<Value> = plugins::select(mesh.plugins, view, class, port)
-        .into_iter()
-        .map(|plugin| plugins::filter_stub(plugin, &mesh.ecds_dir.join(plugin.ecds_file_name())))
-        .collect();
+    local_port: &dyn Fn(u32) -> u32,
+) -> Result<Vec<Value>> {
+    let selected = plugins::select(mesh.plugins, view, class, port);
+    let stub = |plugin: &&Plugin| {
+        plugins::filter_stub(plugin, &mesh.ecds_dir.join(plugin.ecds_file_name()))
+    };
+    let phase = |wanted: Phase| {
+        selected
+            .iter()
+            .filter(move |plugin| plugin.phase == wanted)
+            .map(stub)
+    };
+    let mut filters: Vec<Value> = phase(Phase::Authn).collect();
+    filters.extend(mesh.security.jwt_filter(view, class, mesh.topology)?);
+    filters.extend(phase(Phase::Authz));
+    filters.extend(mesh.security.rbac_filters(view, class, local_port));
+    filters.extend(phase(Phase::Stats));
+    filters.extend(phase(Phase::Unspecified));
     filters.push(json!({"name": "envoy.filters.http.fault", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}));
     filters.push(json!({"name": "envoy.filters.http.cors", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}));
     filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
-    filters
+    Ok(filters)
+}
+
+/// Which listener: the gateway (the edge), a sidecar's outbound listener, or
+/// its inbound listener with one filter chain per accepted transport.
+enum ListenerKind {
+    Gateway,
+    Outbound,
+    /// (filter_chain_match, transport_socket) per chain (`security::inbound_chains`).
+    Inbound(Vec<(Value, Option<Value>)>),
 }
 
 fn listener(
@@ -201,31 +266,62 @@ fn listener(
     stat_prefix: &str,
     route_config: Value,
     http_filters: Vec<Value>,
-    edge: bool,
+    kind: ListenerKind,
 ) -> Value {
-    json!({
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": stat_prefix,
+        "route_config": route_config,
+        "http_filters": http_filters,
+        // Gateways are the edge; sidecars trust the x-forwarded-for they get.
+        "use_remote_address": matches!(kind, ListenerKind::Gateway),
+        // Istio's default pathNormalization (DEFAULT = BASE): RFC 3986
+        // normalisation only; `//` stays, `%2F` stays as sent
+        // (pilot/pkg/networking/core/listener_builder.go).
+        "normalize_path": true,
+        "merge_slashes": false,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+        "access_log": [{"name": "envoy.access_loggers.stdout", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"}}],
+    });
+    let inbound = matches!(kind, ListenerKind::Inbound(_));
+    let chains = match kind {
+        ListenerKind::Inbound(chains) => {
+            // listener_inbound.go: the app learns its caller's identity from
+            // x-forwarded-client-cert (proxy headers default APPEND_FORWARD).
+            hcm["forward_client_cert_details"] = json!("APPEND_FORWARD");
+            hcm["set_current_client_cert_details"] =
+                json!({"subject": true, "dns": true, "uri": true});
+            chains
+        }
+        ListenerKind::Gateway | ListenerKind::Outbound => vec![(Value::Null, None)],
+    };
+    let filter_chains: Vec<Value> = chains
+        .into_iter()
+        .map(|(chain_match, socket)| {
+            let mut chain = json!({"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": hcm.clone(),
+            }]});
+            if !chain_match.is_null() {
+                chain["filter_chain_match"] = chain_match;
+            }
+            if let Some(socket) = socket {
+                chain["transport_socket"] = socket;
+            }
+            chain
+        })
+        .collect();
+    let mut listener = json!({
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
         "traffic_direction": direction,
         // One process per port, so a port already taken fails loudly.
         "enable_reuse_port": false,
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": stat_prefix,
-                "route_config": route_config,
-                "http_filters": http_filters,
-                // Gateways are the edge; sidecars trust the x-forwarded-for they get.
-                "use_remote_address": edge,
-                // Istio's default pathNormalization (DEFAULT = BASE): RFC 3986
-                // normalisation only; `//` stays, `%2F` stays as sent
-                // (pilot/pkg/networking/core/listener_builder.go).
-                "normalize_path": true,
-                "merge_slashes": false,
-                "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
-                "access_log": [{"name": "envoy.access_loggers.stdout", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"}}],
-            },
-        }]}],
-    })
+        "filter_chains": filter_chains,
+    });
+    if inbound {
+        // The inbound listener tells mTLS from plaintext by the first bytes.
+        listener["listener_filters"] = json!([{"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]);
+    }
+    listener
 }

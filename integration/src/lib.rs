@@ -10,6 +10,7 @@
 //! authz filter reaches a JWKS server started by the test).
 
 pub mod bootstrap;
+pub mod ca;
 pub mod demo;
 pub mod http;
 pub mod istio;
@@ -21,6 +22,7 @@ pub mod prometheus;
 pub mod prometheus_server;
 pub mod registry;
 pub mod resources;
+pub mod security;
 pub mod skip;
 pub mod topology;
 pub mod traffic;

@@ -2,11 +2,13 @@
 //! its own sidecar Envoy, plus the ingress gateway Envoy, on 127.0.0.1.
 
 use crate::bootstrap::{self, MeshConfig, ProxyPlan, ProxyRole};
+use crate::ca::{self, MeshCa};
 use crate::plugins::{self, IstioRelease, ModuleStore, Plugin};
 use crate::process::{free_ports, Supervised};
 use crate::prometheus_server::{self, Prometheus, ScrapeTarget};
 use crate::registry::{FileServer, Registry};
 use crate::resources::{self, Resource};
+use crate::security::SecurityConfig;
 use crate::topology::{Topology, Workload};
 use crate::traffic::TrafficConfig;
 use anyhow::{bail, Context, Result};
@@ -152,6 +154,7 @@ impl Mesh {
         let istio_release = IstioRelease::parse(&options.istio_version)?;
         let plugins = plugins::load(resources, istio_release)?;
         let service_port = single_service_port(&topology)?;
+        let security = SecurityConfig::from_resources(resources, &topology)?;
         let ecds_dir = options.run_dir.join("ecds");
         std::fs::create_dir_all(&ecds_dir)
             .with_context(|| format!("cannot create {}", ecds_dir.display()))?;
@@ -161,7 +164,7 @@ impl Mesh {
             Some(registry.address.clone()),
             Some(file_server.address.clone()),
         )?;
-        let mut warnings = Vec::new();
+        let mut warnings = security.warnings.clone();
         for plugin in &plugins {
             warnings.extend(plugin.ignored_for_target_refs());
             warnings.extend(write_extension_config(plugin, &mut modules, &ecds_dir, 1)?);
@@ -170,8 +173,12 @@ impl Mesh {
             topology: &topology,
             traffic: &traffic,
             plugins: &plugins,
+            security: &security,
             ecds_dir: &ecds_dir,
         };
+        // istiod's CA and istio-agent: a fresh root and one certificate per proxy.
+        let mesh_ca = MeshCa::new()?;
+        let certs_dir = options.run_dir.join("certs");
 
         let mut ports = free_ports(topology.workloads.len() * 4 + 2)?.into_iter();
         let mut next = || ports.next().context("ran out of reserved ports");
@@ -232,11 +239,16 @@ impl Mesh {
         };
         for workload in &topology.workloads {
             let ports = &sidecars[&workload.name];
+            let identity = mesh_ca.write_identity(
+                &certs_dir.join(&workload.name),
+                &ca::spiffe_id(&workload.namespace, &workload.service_account),
+            )?;
             let plan = ProxyPlan {
                 name: &workload.name,
                 namespace: &workload.namespace,
                 labels: &workload.labels,
                 service_account: &workload.service_account,
+                identity: &identity,
                 admin_port: ports.admin,
                 role: ProxyRole::Sidecar {
                     workload,
@@ -258,11 +270,17 @@ impl Mesh {
             );
         }
         if let Some(gateway) = &topology.gateway {
+            let service_account = "istio-ingressgateway-service-account";
+            let identity = mesh_ca.write_identity(
+                &certs_dir.join(&gateway.name),
+                &ca::spiffe_id(&gateway.namespace, service_account),
+            )?;
             let plan = ProxyPlan {
                 name: &gateway.name,
                 namespace: &gateway.namespace,
                 labels: &gateway.labels,
-                service_account: "istio-ingressgateway-service-account",
+                service_account,
+                identity: &identity,
                 admin_port: gateway_admin,
                 role: ProxyRole::Gateway {
                     listen_port: ingress_port,
@@ -279,7 +297,7 @@ impl Mesh {
             IstioRelease::ENV
         );
         eprintln!("mesh: {published}");
-        for line in mesh.warnings.iter().chain(&not_enforced_locally(resources)) {
+        for line in &mesh.warnings {
             eprintln!("mesh: {line}");
         }
         mesh.wait_ready(options.ready_timeout)?;
@@ -629,30 +647,6 @@ fn write_extension_config(
             plugin.namespace, plugin.name, error.0
         )
     }))
-}
-
-/// Objects a cluster enforces that the local mesh does not: local sidecars
-/// talk plaintext HTTP, so there are no mTLS identities for principals.
-fn not_enforced_locally(resources: &[Resource]) -> Vec<String> {
-    resources
-        .iter()
-        .filter_map(|r| {
-            let why = match r.kind.as_str() {
-                "PeerAuthentication" => "no mTLS between local sidecars",
-                "RequestAuthentication" => {
-                    "no jwt_authn filter locally; the authz WasmPlugin validates tokens"
-                }
-                "AuthorizationPolicy" => {
-                    "no RBAC filter locally (principals need mTLS); the authz WasmPlugin authorizes"
-                }
-                _ => return None,
-            };
-            Some(format!(
-                "{} {}/{} is not enforced locally: {why}",
-                r.kind, r.namespace, r.name
-            ))
-        })
-        .collect()
 }
 
 /// The registry with every `dist/<module>.wasm` pushed as `meshwasm/<module>`,

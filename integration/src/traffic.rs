@@ -8,6 +8,7 @@ use crate::istio::{
     VirtualServiceSpec,
 };
 use crate::resources::Resource;
+use crate::security::{SecurityConfig, UpstreamTarget};
 use crate::topology::{qualify, Service, Topology, Workload};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
@@ -308,11 +309,13 @@ impl TrafficConfig {
     }
 
     /// Clusters for every Service port and DestinationRule subset, plus the
-    /// ServiceEntries'. `address_of` gives a workload's inbound (sidecar) address.
+    /// ServiceEntries'. `address_of` gives a workload's inbound (sidecar)
+    /// address; `security` adds upstream TLS (auto mTLS or the rule's `tls`).
     pub fn outbound_clusters(
         &self,
         topology: &Topology,
         address_of: &dyn Fn(&Workload) -> (String, u16),
+        security: &SecurityConfig,
     ) -> Result<Vec<Value>> {
         let mut clusters = Vec::new();
         for service in &topology.services {
@@ -320,26 +323,41 @@ impl TrafficConfig {
             let rule = self.destination_rule(&fqdn);
             let endpoints = topology.endpoints(service);
             for (port, _) in &service.ports {
-                let addresses: Vec<(String, u16)> =
-                    endpoints.iter().map(|w| address_of(w)).collect();
                 let policy = rule.and_then(|r| r.traffic_policy.as_ref());
-                clusters.push(cluster(
-                    &cluster_name(*port, None, &fqdn),
-                    &addresses,
-                    policy,
-                )?);
+                let tls = policy.and_then(|p| p.tls.as_ref());
+                let mut subsets = vec![(None, endpoints.clone(), policy, tls)];
                 for subset in rule.iter().flat_map(|r| &r.subsets) {
-                    let members: Vec<(String, u16)> = endpoints
+                    let members: Vec<&Workload> = endpoints
                         .iter()
+                        .copied()
                         .filter(|w| crate::resources::labels_match(&subset.labels, &w.labels))
-                        .map(|w| address_of(w))
                         .collect();
-                    let policy = subset.traffic_policy.as_ref().or(policy);
-                    clusters.push(cluster(
-                        &cluster_name(*port, Some(&subset.name), &fqdn),
-                        &members,
-                        policy,
-                    )?);
+                    let own = subset.traffic_policy.as_ref();
+                    subsets.push((
+                        Some(subset.name.as_str()),
+                        members,
+                        own.or(policy),
+                        // A subset's policy overrides field by field: its tls, else the rule's.
+                        own.and_then(|p| p.tls.as_ref()).or(tls),
+                    ));
+                }
+                for (subset, members, policy, tls) in subsets {
+                    let addresses: Vec<(String, u16)> =
+                        members.iter().map(|w| address_of(w)).collect();
+                    let mut built =
+                        cluster(&cluster_name(*port, subset, &fqdn), &addresses, policy)?;
+                    security.apply_upstream_tls(
+                        &mut built,
+                        &UpstreamTarget {
+                            service,
+                            port: *port,
+                            subset,
+                            endpoints: &members,
+                            all_endpoints: &endpoints,
+                            tls,
+                        },
+                    )?;
+                    clusters.push(built);
                 }
             }
         }
@@ -712,12 +730,16 @@ spec:
     fn destination_rule_becomes_cluster_settings_per_subset() {
         let (topology, traffic) = setup();
         let clusters = traffic
-            .outbound_clusters(&topology, &|w| {
-                (
-                    "127.0.0.1".to_owned(),
-                    if w.name.ends_with("v1") { 1001 } else { 1002 },
-                )
-            })
+            .outbound_clusters(
+                &topology,
+                &|w| {
+                    (
+                        "127.0.0.1".to_owned(),
+                        if w.name.ends_with("v1") { 1001 } else { 1002 },
+                    )
+                },
+                &SecurityConfig::default(),
+            )
             .unwrap();
         let names: Vec<&str> = clusters
             .iter()
