@@ -109,11 +109,6 @@ pub fn value(map_type: MapType, name: &str) -> Option<String> {
     }
 }
 
-/// Glue: the current request's headers.
-pub fn request() -> Vec<(String, String)> {
-    map(MapType::HttpRequestHeaders)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
