@@ -632,3 +632,46 @@ fn request_authentication_and_authorization_policy_at_the_ingress_match_our_auth
         );
     }
 }
+
+/// Our authz filter on payment's inbound listener sees the mTLS peer:
+/// `principals` as Istio's `source.principals`.
+const AUTHZ_ON_PAYMENT: &str = r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: authz-payment, namespace: order-app}
+spec:
+  selector: {matchLabels: {app: payment}}
+  match: [{mode: SERVER}]
+  url: oci://ghcr.io/meshwasm/meshwasm:0.1.0
+  pluginName: authz
+  phase: AUTHZ
+  pluginConfig:
+    rules:
+      - name: order-charges
+        action: ALLOW
+        principals: [cluster.local/ns/order-app/sa/order]
+        methods: [POST]
+        paths: [/charge]
+      - name: health
+        action: ALLOW
+        paths: [/healthz]
+"#;
+
+#[test]
+fn our_authz_filter_sees_the_mtls_peer() {
+    let mesh = start(&[AUTHZ_ON_PAYMENT]);
+    let charge = r#"{"order_id":"e2e","user":"alice","amount":1}"#;
+    let by_order = from_workload(&mesh, ORDER, "POST", "payment:8080", "/charge", charge);
+    assert_eq!(by_order.status, 200, "{}", by_order.body);
+    // inventory's identity is not order's: our filter (phase AUTHZ, before
+    // Istio's rbac) refuses it with its own answer; no rule allows the call,
+    // so it asks for credentials (401 token-missing) where Istio's RBAC says 403.
+    let sideways = from_workload(&mesh, INVENTORY, "POST", "payment:8080", "/charge", charge);
+    assert_eq!(sideways.status, 401, "{}", sideways.body);
+    assert!(
+        sideways.body.contains("urn:meshwasm:problem:token-missing"),
+        "{}",
+        sideways.body
+    );
+    assert_eq!(place_order(&mesh, &bearer(json!({}))).status, 201);
+}

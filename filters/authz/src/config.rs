@@ -212,6 +212,12 @@ pub struct Rule {
     pub not_paths: Vec<PathPattern>,
     #[serde(default)]
     pub headers: Vec<HeaderCondition>,
+    /// The mTLS peer's identity without `spiffe://` (`cluster.local/ns/<ns>/sa/<sa>`),
+    /// like Istio's `source.principals`; `*` = any mTLS peer.
+    #[serde(default)]
+    pub principals: Vec<StringMatch>,
+    #[serde(default)]
+    pub not_principals: Vec<StringMatch>,
     /// `iss/sub` of the verified token; `*` = any authenticated request.
     #[serde(default)]
     pub request_principals: Vec<StringMatch>,

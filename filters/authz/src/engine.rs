@@ -24,6 +24,8 @@ pub struct Request<'a> {
     /// The raw `:path`, query included.
     pub path: &'a str,
     pub headers: &'a [Header<'a>],
+    /// The mTLS peer certificate's URI SAN (`spiffe://...`), if any.
+    pub peer: Option<&'a str>,
 }
 
 /// A refusal: the problem body plus the `WWW-Authenticate` challenge (401).
@@ -290,6 +292,9 @@ impl Engine {
             host: request.authority,
             path,
             headers: request.headers,
+            peer: request
+                .peer
+                .map(|uri| uri.strip_prefix("spiffe://").unwrap_or(uri)),
             principal: verified.as_ref().map(|v| v.principal.as_str()),
             claims: verified.as_ref().map(|v| &v.claims),
         };

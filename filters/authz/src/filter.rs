@@ -340,6 +340,8 @@ pub struct AuthzRequest {
 /// (logging a denial, stripping the token).
 struct Incoming<'a> {
     headers: Vec<Header<'a>>,
+    /// Envoy's `connection.uri_san_peer_certificate`: the mTLS peer's SPIFFE ID.
+    peer: Option<String>,
 }
 
 impl<'a> Incoming<'a> {
@@ -347,8 +349,15 @@ impl<'a> Incoming<'a> {
     /// the headers only this filter may set: a client's copies are removed
     /// from the request too (anti-spoofing).
     fn read(raw: &'a [u8], owned: &[String]) -> Self {
+        let peer =
+            proxy_wasm::hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"])
+                .ok()
+                .flatten()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .filter(|uri| !uri.is_empty());
         Self {
             headers: without_owned(host_headers::decode_map(raw), owned),
+            peer,
         }
     }
 
@@ -364,6 +373,7 @@ impl AuthzRequest {
             authority: incoming.pseudo(":authority"),
             path: incoming.pseudo(":path"),
             headers: &incoming.headers,
+            peer: incoming.peer.as_deref(),
         };
         let now = now_secs(self);
         let State { engine, remote, .. } = state;

@@ -15,6 +15,8 @@ pub struct RequestView<'a> {
     /// Path without the query string.
     pub path: &'a str,
     pub headers: &'a [Header<'a>],
+    /// The mTLS peer's SPIFFE identity without `spiffe://`, when there is one.
+    pub peer: Option<&'a str>,
     /// `iss/sub` and verified claims, when a token was verified.
     pub principal: Option<&'a str>,
     pub claims: Option<&'a Value>,
@@ -89,6 +91,8 @@ pub fn rule_matches(rule: &Rule, request: &RequestView) -> bool {
             .principal
             .is_some_and(|principal| pattern.matches(principal))
     };
+    let peer_matches =
+        |pattern: &StringMatch| request.peer.is_some_and(|peer| pattern.matches(peer));
     any_or_empty(&rule.hosts, |h| h.matches(request.host))
         && none(&rule.not_hosts, |h| h.matches(request.host))
         && any_or_empty(&rule.methods, |m| m == request.method)
@@ -107,6 +111,8 @@ pub fn rule_matches(rule: &Rule, request: &RequestView) -> bool {
                     values.iter().any(|v| want.matches(v))
                 })
         })
+        && any_or_empty(&rule.principals, peer_matches)
+        && none(&rule.not_principals, peer_matches)
         && any_or_empty(&rule.request_principals, principal_matches)
         && none(&rule.not_request_principals, principal_matches)
         && rule

@@ -92,6 +92,8 @@ struct Harness {
     engine: Engine,
     store: MemoryStore,
     remote: Vec<Option<Rc<KeySet>>>,
+    /// The mTLS peer's URI SAN the requests come with.
+    peer: Option<String>,
 }
 
 impl Harness {
@@ -105,6 +107,7 @@ impl Harness {
             remote: vec![None; config.providers.len()],
             engine: Engine::new(config, &raw),
             store: MemoryStore::default(),
+            peer: None,
         }
     }
 
@@ -118,6 +121,7 @@ impl Harness {
             authority: "orders.example.com:8080",
             path,
             headers: &headers,
+            peer: self.peer.as_deref(),
         };
         self.engine.decide(&request, &self.remote, &self.store, now)
     }
@@ -598,6 +602,7 @@ fn shared_cache_serves_another_worker() {
         engine: Engine::new(config, &raw),
         store: std::mem::take(&mut worker_one.store),
         remote: vec![None],
+        peer: None,
     };
     let Outcome::Allow(allowed) = worker_two.bearer("GET", "/o", &good) else {
         panic!()
@@ -622,6 +627,7 @@ fn remote_provider_reports_unknown_kid_for_refetch_and_uses_fetched_keys() {
         authority: "a",
         path: "/",
         headers: &headers,
+        peer: None,
     };
     assert!(matches!(
         engine.decide(&request, &[None], &store, NOW),
@@ -1090,6 +1096,7 @@ fn a_provider_only_accepts_its_own_token_locations() {
         authority: "a",
         path: "/",
         headers: &headers,
+        peer: None,
     };
     assert_eq!(
         verdict(&engine.decide(&request, &[None, None], &store, NOW)),
@@ -1113,6 +1120,7 @@ fn manifest_config_enforces_the_documented_policy() {
         remote: vec![None],
         engine: Engine::new(config, &raw),
         store: MemoryStore::default(),
+        peer: None,
     };
     let user = token(json!({}));
     let admin = token(json!({"groups": ["admin"]}));
@@ -1132,4 +1140,40 @@ fn manifest_config_enforces_the_documented_policy() {
         panic!()
     };
     assert_eq!(allowed.strip, None, "the manifest forwards the token");
+}
+
+#[test]
+fn principals_match_the_mtls_peer_like_istio_source_principals() {
+    let mut harness = Harness::new(json!([
+        {"name": "from-order", "action": "ALLOW", "principals": ["cluster.local/ns/order-app/sa/order"]},
+        {"name": "no-mallory", "action": "DENY", "not_principals": ["cluster.local/ns/order-app/*"], "paths": ["/deny-outsiders"]},
+    ]));
+    let order = "spiffe://cluster.local/ns/order-app/sa/order";
+    let token = token(json!({}));
+    harness.peer = Some(order.to_owned());
+    assert_eq!(
+        verdict(&harness.bearer("GET", "/", &token)),
+        (200, "allow".into())
+    );
+    assert_eq!(
+        verdict(&harness.bearer("GET", "/deny-outsiders", &token)),
+        (200, "allow".into())
+    );
+    harness.peer = Some("spiffe://cluster.local/ns/order-app/sa/inventory".to_owned());
+    assert_eq!(
+        verdict(&harness.bearer("GET", "/", &token)).0,
+        403,
+        "another peer"
+    );
+    harness.peer = Some("spiffe://cluster.local/ns/evil/sa/order".to_owned());
+    assert_eq!(
+        verdict(&harness.bearer("GET", "/deny-outsiders", &token)).0,
+        403
+    );
+    harness.peer = None;
+    assert_eq!(
+        verdict(&harness.bearer("GET", "/", &token)).0,
+        403,
+        "no mTLS, no principal"
+    );
 }

@@ -109,6 +109,7 @@ fn decide(engine: &mut Engine, request: &Hostile) -> Outcome {
         authority: &request.authority,
         path: &request.path,
         headers: &headers,
+        peer: None,
     };
     engine.decide(&request, &remote, &MemoryStore::default(), NOW)
 }
