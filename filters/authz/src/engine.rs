@@ -76,6 +76,9 @@ pub struct Engine {
     max_token_bytes: usize,
     /// Headers only this filter may set; incoming copies are removed.
     pub owned_headers: Vec<String>,
+    /// Whether any rule names mTLS peers: only then is the peer read (a
+    /// property read costs ~12k instructions per request).
+    pub reads_peer: bool,
     pub local_cache: LocalCache,
     pub shared_cache: SharedCache,
 }
@@ -117,7 +120,12 @@ impl Engine {
             .map(|provider| provider.max_token_bytes)
             .max()
             .unwrap_or(0);
+        let reads_peer = config
+            .rules
+            .iter()
+            .any(|rule| !rule.principals.is_empty() || !rule.not_principals.is_empty());
         Self {
+            reads_peer,
             local_cache: LocalCache::new(config.cache_entries),
             shared_cache: SharedCache::new(config.cache_entries, raw),
             locations,

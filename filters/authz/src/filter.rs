@@ -347,16 +347,19 @@ struct Incoming<'a> {
 impl<'a> Incoming<'a> {
     /// The decoded headers of `raw` ([`host_headers::map_buffer`]) without
     /// the headers only this filter may set: a client's copies are removed
-    /// from the request too (anti-spoofing).
-    fn read(raw: &'a [u8], owned: &[String]) -> Self {
-        let peer =
-            proxy_wasm::hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"])
-                .ok()
-                .flatten()
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .filter(|uri| !uri.is_empty());
+    /// from the request too (anti-spoofing). The peer is read only when a
+    /// rule needs it.
+    fn read(raw: &'a [u8], engine: &Engine) -> Self {
+        let peer = engine
+            .reads_peer
+            .then(|| {
+                proxy_wasm::hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"])
+            })
+            .and_then(|read| read.ok().flatten())
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .filter(|uri| !uri.is_empty());
         Self {
-            headers: without_owned(host_headers::decode_map(raw), owned),
+            headers: without_owned(host_headers::decode_map(raw), &engine.owned_headers),
             peer,
         }
     }
@@ -528,7 +531,7 @@ impl Context for AuthzRequest {
         let mut state = state.borrow_mut();
         state.accept_fetch(provider, status.as_deref(), body, now);
         let raw_headers = host_headers::map_buffer(MapType::HttpRequestHeaders);
-        let incoming = Incoming::read(&raw_headers, &state.engine.owned_headers);
+        let incoming = Incoming::read(&raw_headers, &state.engine);
         let outcome = self.decide(&mut state, &incoming);
         if self.apply(&mut state, outcome, false, &incoming) {
             self.resume_http_request();
@@ -541,7 +544,7 @@ impl HttpContext for AuthzRequest {
         let state = Rc::clone(&self.state);
         let mut state = state.borrow_mut();
         let raw_headers = host_headers::map_buffer(MapType::HttpRequestHeaders);
-        let incoming = Incoming::read(&raw_headers, &state.engine.owned_headers);
+        let incoming = Incoming::read(&raw_headers, &state.engine);
         let outcome = self.decide(&mut state, &incoming);
         if self.apply(&mut state, outcome, true, &incoming) {
             Action::Continue

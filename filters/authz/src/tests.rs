@@ -1148,6 +1148,7 @@ fn principals_match_the_mtls_peer_like_istio_source_principals() {
         {"name": "from-order", "action": "ALLOW", "principals": ["cluster.local/ns/order-app/sa/order"]},
         {"name": "no-mallory", "action": "DENY", "not_principals": ["cluster.local/ns/order-app/*"], "paths": ["/deny-outsiders"]},
     ]));
+    assert!(harness.engine.reads_peer);
     let order = "spiffe://cluster.local/ns/order-app/sa/order";
     let token = token(json!({}));
     harness.peer = Some(order.to_owned());
@@ -1176,4 +1177,12 @@ fn principals_match_the_mtls_peer_like_istio_source_principals() {
         403,
         "no mTLS, no principal"
     );
+}
+
+#[test]
+fn the_peer_is_read_only_when_a_rule_names_principals() {
+    let harness = Harness::new(json!([
+        {"name": "any-user", "action": "ALLOW", "request_principals": ["*"]},
+    ]));
+    assert!(!harness.engine.reads_peer);
 }
