@@ -102,7 +102,7 @@ pub fn send(
 /// Sends one HTTP/1.1 request written byte for byte to `base_url`
 /// (`http://host:port`): header values need not be UTF-8 and the path goes
 /// out exactly as given (`//x`, `/./x`, `%2F`), which no client library
-/// allows. The body is kept as sent (a chunked one is not decoded).
+/// allows. `host` defaults to the address; a `host` header replaces it. The body is kept as sent (a chunked one is not decoded).
 pub fn raw_request(
     base_url: &str,
     method: &str,
@@ -114,9 +114,13 @@ pub fn raw_request(
     let address = base_url
         .strip_prefix("http://")
         .with_context(|| format!("not an http:// URL: {base_url}"))?;
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n")
-            .into_bytes();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\n").into_bytes();
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request.extend_from_slice(format!("host: {address}\r\n").as_bytes());
+    }
     for (name, value) in headers {
         request.extend_from_slice(name.as_bytes());
         request.extend_from_slice(b": ");

@@ -488,6 +488,18 @@ impl Mesh {
         self.processes.iter().map(|p| p.name.clone()).collect()
     }
 
+    /// The `host:port` of a proxy's listener named `name` (admin `/listeners`),
+    /// e.g. `virtualInbound` or a sidecar's outbound `0.0.0.0_8080`.
+    pub fn listener_address(&self, proxy: &str, name: &str) -> Result<String> {
+        let url = format!("{}/listeners", self.admin_url(proxy)?);
+        let listeners = ureq::get(&url).call()?.body_mut().read_to_string()?;
+        listeners
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}::")))
+            .map(|address| address.trim().to_owned())
+            .with_context(|| format!("{proxy} has no listener {name}: {listeners}"))
+    }
+
     /// The admin URL of a workload's sidecar, or of the ingress gateway.
     pub fn admin_url(&self, proxy: &str) -> Result<String> {
         if proxy == crate::topology::INGRESS_NAME {

@@ -27,17 +27,8 @@ fn start(extra: &[&str]) -> Mesh {
     .unwrap()
 }
 
-/// `address` of a proxy's listener named `name` (admin `/listeners`).
 fn listener(mesh: &Mesh, proxy: &str, name: &str) -> String {
-    let admin = mesh.admin_url(proxy).unwrap();
-    let listeners = http::get(&http::agent(), &format!("{admin}/listeners"), &[]).unwrap();
-    listeners
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{name}::")))
-        .unwrap_or_else(|| panic!("no listener {name} in {}", listeners.body))
-        .trim()
-        .to_owned()
+    mesh.listener_address(proxy, name).unwrap()
 }
 
 fn inbound(mesh: &Mesh, proxy: &str) -> String {
