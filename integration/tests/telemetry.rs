@@ -382,3 +382,38 @@ fn one_trace_id_reaches_the_last_hop_and_every_access_log_and_no_credential_is_l
         }
     }
 }
+
+/// On Envoy 1.40 one worker's root context serves all of a sidecar's listeners,
+/// inbound and outbound (1.38 and 1.39 give each listener its own): with one
+/// worker, order's sidecar first sees the inbound `/orders`, then its own
+/// outbound `/reserve` and `/charge`, and each must be reported by the listener
+/// it came through. A direction kept from the first request labelled the
+/// outbound calls `inbound` on 1.40 (`make test-e2e E2E_MATRIX=1.31:1.40.0`).
+#[test]
+fn the_reporter_follows_each_requests_listener_on_one_worker() {
+    let mesh = Mesh::start(MeshOptions {
+        concurrency: 1,
+        ..MeshOptions::default()
+    })
+    .unwrap();
+    let agent = http::agent();
+    for _ in 0..2 {
+        place_order(&agent, &mesh, &[]);
+    }
+    let order = workload_starting_with(&mesh, "order");
+    let count = |text: &str, reporter: &str, route: &str| {
+        total(
+            text,
+            "meshwasm_requests_total",
+            &[("reporter", reporter), ("route", route)],
+        )
+    };
+    let text = prometheus_when(&mesh, &order, |text| {
+        count(text, "outbound", "/charge") + count(text, "inbound", "/charge") >= 2.0
+    });
+    assert_eq!(count(&text, "inbound", "/orders"), 2.0, "{text}");
+    assert_eq!(count(&text, "outbound", "/reserve"), 2.0, "{text}");
+    assert_eq!(count(&text, "outbound", "/charge"), 2.0, "{text}");
+    assert_eq!(count(&text, "inbound", "/reserve"), 0.0, "{text}");
+    assert_eq!(count(&text, "outbound", "/orders"), 0.0, "{text}");
+}

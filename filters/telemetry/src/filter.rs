@@ -39,7 +39,7 @@ struct VmState {
     sources: LabelBudget,
     destinations: LabelBudget,
     workload: Option<String>,
-    /// Fixed by the config, else read once (see [`VmState::reporter`]).
+    /// Fixed by the config, else read per request (see [`VmState::reporter`]).
     reporter: Option<Reporter>,
     random: RandomPool,
     ids_issued: u64,
@@ -66,13 +66,14 @@ impl VmState {
         }
     }
 
-    /// `reporter: auto` reads the listener's traffic direction on the first
-    /// request and keeps it: a root context belongs to one plugin, and Envoy
-    /// keys plugins by listener direction, so it cannot change.
+    /// The configured reporter, else (`reporter: auto`) the direction of the
+    /// listener this request came in on, read per request: on Envoy 1.40 one
+    /// root context per worker serves every listener the plugin is on (a
+    /// sidecar's inbound and outbound alike), so it cannot be cached per plugin.
     /// `xds.listener_direction` on Envoy 1.36 and 1.40; the top-level
     /// `listener_direction` of older docs is not found there.
-    fn reporter(&mut self) -> Reporter {
-        *self.reporter.get_or_insert_with(|| {
+    fn reporter(&self) -> Reporter {
+        self.reporter.unwrap_or_else(|| {
             Reporter::from_listener_direction(i64_property(vec!["xds", "listener_direction"]))
         })
     }
