@@ -207,8 +207,8 @@ test-e2e: build apps registry-tools $(foreach v,$(E2E_ENVOYS),$(call envoy_bin,$
 # Ends with what was skipped, one line per reason (see SKIP_LOG).
 test: forget-skips lint test-unit test-bench test-prometheus-rules test-e2e
 	@if [ -s $(SKIP_LOG) ]; then \
-	  awk -F'\t' '{ n[$$1]++; how[$$1] = $$2; tests[$$1] = tests[$$1] (n[$$1] > 1 ? ", " : "") $$3 } \
-	    END { for (m in n) printf "SKIPPED %d test(s) for lack of %s (%s). To run them: %s\n", n[m], m, tests[m], how[m] }' $(SKIP_LOG); \
+	  sort -u $(SKIP_LOG) | awk -F'\t' '{ n[$$1]++; how[$$1] = $$2; tests[$$1] = tests[$$1] (n[$$1] > 1 ? ", " : "") $$3 } \
+	    END { for (m in n) printf "SKIPPED %d test(s) for lack of %s (%s). To run them: %s\n", n[m], m, tests[m], how[m] }'; \
 	else echo "make test: every test ran, none skipped"; fi
 
 .PHONY: forget-skips
