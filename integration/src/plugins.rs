@@ -553,6 +553,16 @@ mod tests {
         chosen.into_iter().map(|p| p.name.as_str()).collect()
     }
 
+    /// The plugins chosen for a listener of an unlabelled proxy in `shop`.
+    fn in_shop(all: &[Plugin], class: ListenerClass, port: u16) -> Vec<&str> {
+        let none = labels(&[]);
+        let proxy = ProxyView {
+            namespace: "shop",
+            labels: &none,
+        };
+        names(select(all, &proxy, class, port))
+    }
+
     #[test]
     fn selection_by_namespace_root_namespace_and_labels() {
         let all = plugins(
@@ -599,22 +609,17 @@ mod tests {
             ]
             .concat(),
         );
-        let none = labels(&[]);
-        let proxy = ProxyView {
-            namespace: "shop",
-            labels: &none,
-        };
         assert_eq!(
-            names(select(&all, &proxy, ListenerClass::SidecarInbound, 8080)),
+            in_shop(&all, ListenerClass::SidecarInbound, 8080),
             vec!["port", "server"]
         );
         assert_eq!(
-            names(select(&all, &proxy, ListenerClass::SidecarOutbound, 9090)),
+            in_shop(&all, ListenerClass::SidecarOutbound, 9090),
             vec!["both", "client"]
         );
         // Gateways are CLIENT: mode SERVER never applies to them.
         assert_eq!(
-            names(select(&all, &proxy, ListenerClass::Gateway, 8080)),
+            in_shop(&all, ListenerClass::Gateway, 8080),
             vec!["client", "port"]
         );
     }
@@ -629,13 +634,8 @@ mod tests {
             ]
             .concat(),
         );
-        let none = labels(&[]);
-        let proxy = ProxyView {
-            namespace: "shop",
-            labels: &none,
-        };
         assert_eq!(
-            names(select(&all, &proxy, ListenerClass::SidecarInbound, 8080)),
+            in_shop(&all, ListenerClass::SidecarInbound, 8080),
             vec!["alpha", "mid", "zeta"]
         );
     }
@@ -735,13 +735,8 @@ mod tests {
             ]
             .concat(),
         );
-        let none = labels(&[]);
-        let proxy = ProxyView {
-            namespace: "shop",
-            labels: &none,
-        };
         assert_eq!(
-            names(select(&all, &proxy, ListenerClass::SidecarInbound, 8080)),
+            in_shop(&all, ListenerClass::SidecarInbound, 8080),
             vec![
                 "root-high",
                 "tie-local-late",
