@@ -428,6 +428,19 @@ def build_variants(dist, noop_module, jwks_by_algorithm):
                     expect_without_token=401 if "authz" in meshwasm else None,
                 )
             )
+            # The same filters and configs again, as the stages of one plugin
+            # (`pluginName: stages`): one VM entry per callback for the chain.
+            stages = [{"filter": root_id, "config": config} for root_id, _, config in configs.values()]
+            variants.append(
+                Variant(
+                    "meshwasm-chain-staged",
+                    "meshwasm-chain as the stages of one plugin (dist/meshwasm.wasm, pluginName: stages)",
+                    [wasm_filter("stages", "stages", combined, {"stages": stages})],
+                    native="native-chain",
+                    module_bytes=combined.stat().st_size,
+                    expect_without_token=401 if "authz" in meshwasm else None,
+                )
+            )
     variants += [
         Variant(
             "native-jwt-rbac",

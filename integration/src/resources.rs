@@ -1,6 +1,7 @@
 //! Reads the manifests folder the way `kubectl apply -f DIR` does (every
-//! `.yaml`, `.yml` and `.json` file directly in it, multi-document YAML) into
-//! generic resources, and picks out the kinds the local mesh acts on.
+//! `.yaml`, `.yml` and `.json` file directly in it, multi-document YAML), or
+//! for an overlay folder the way `kubectl apply -k DIR` does, into generic
+//! resources, and picks out the kinds the local mesh acts on.
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -122,19 +123,107 @@ pub fn parse_documents(source: &str, text: &str, first_order: usize) -> Result<V
     Ok(resources)
 }
 
+/// What `kubectl apply` applies from `dir`: for an overlay (a Kustomization
+/// that builds on another folder or patches) what `-k` applies, else every
+/// manifest file (`-f`).
 pub fn load_dir(dir: &Path) -> Result<Vec<Resource>> {
+    match Overlay::read(dir)? {
+        Some(overlay) => overlay.load(dir),
+        None => load_files(dir),
+    }
+}
+
+fn load_files(dir: &Path) -> Result<Vec<Resource>> {
     let mut resources = Vec::new();
     for file in manifest_files(dir)? {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        let name = file.file_name().map_or_else(
-            || file.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        let order = resources.len();
-        resources.extend(parse_documents(&name, &text, order)?);
+        append_file(&mut resources, &file)?;
     }
     Ok(resources)
+}
+
+fn append_file(resources: &mut Vec<Resource>, file: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let name = file.file_name().map_or_else(
+        || file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let order = resources.len();
+    resources.extend(parse_documents(&name, &text, order)?);
+    Ok(())
+}
+
+/// The subset of kustomize an overlay of our manifests uses: `resources`
+/// (files, or folders applied as [`load_dir`] does) and patches that delete
+/// a resource (`$patch: delete`). Anything else is refused, not ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Overlay {
+    api_version: String,
+    kind: String,
+    resources: Vec<String>,
+    #[serde(default)]
+    patches: Vec<Patch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Patch {
+    patch: String,
+}
+
+impl Overlay {
+    fn read(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join("Kustomization");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        let overlay: Self = serde_yaml::from_str(&text)
+            .with_context(|| format!("{}: not a Kustomization the mesh reads", path.display()))?;
+        if overlay.kind != "Kustomization"
+            || !overlay.api_version.starts_with("kustomize.config.k8s.io/")
+        {
+            bail!(
+                "{}: not a kustomize.config.k8s.io Kustomization",
+                path.display()
+            );
+        }
+        let builds_on_folder = overlay.resources.iter().any(|r| dir.join(r).is_dir());
+        Ok((builds_on_folder || !overlay.patches.is_empty()).then_some(overlay))
+    }
+
+    fn load(&self, dir: &Path) -> Result<Vec<Resource>> {
+        let mut resources = Vec::new();
+        for entry in &self.resources {
+            let path = dir.join(entry);
+            if path.is_dir() {
+                let order = resources.len();
+                resources.extend(load_dir(&path)?.into_iter().map(|mut resource| {
+                    resource.order += order;
+                    resource
+                }));
+            } else {
+                append_file(&mut resources, &path)?;
+            }
+        }
+        for (index, patch) in self.patches.iter().enumerate() {
+            let deleted = parse_documents(&format!("patches[{index}]"), &patch.patch, 0)?;
+            for target in deleted {
+                if target.body.get("$patch").and_then(Value::as_str) != Some("delete") {
+                    bail!(
+                        "{}: only `$patch: delete` patches are supported",
+                        target.source
+                    );
+                }
+                let before = resources.len();
+                resources.retain(|resource| resource.id() != target.id());
+                if resources.len() == before {
+                    bail!("{}: no resource {} to delete", target.source, target.id());
+                }
+            }
+        }
+        Ok(resources)
+    }
 }
 
 /// Adds `extra` documents; one with the same kind, namespace and name as an

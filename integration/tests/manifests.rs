@@ -808,3 +808,102 @@ fn folder_errors_name_the_file_document_and_field() {
         "{text:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The staged variant (wasmplugin-manifests/staged/)
+
+fn staged_dir() -> PathBuf {
+    manifests_dir().join("staged")
+}
+
+#[test]
+fn the_staged_manifests_validate() {
+    let Some(validator) = istio_validator("the_staged_manifests_validate") else {
+        return;
+    };
+    let documents = validator
+        .validate_dir(&staged_dir())
+        .unwrap_or_else(|errors| panic!("invalid staged manifests:{}", listing(&errors)));
+    assert!(documents.len() >= 2, "{documents:?}");
+}
+
+/// Every staged WasmPlugin names (`meshwasm.io/stages-of`) the separate
+/// plugins it replaces; each stage is exactly that plugin's filter and
+/// `pluginConfig`, and the overlay deletes what the stages replace.
+#[test]
+fn each_stage_is_configured_exactly_as_the_plugin_it_replaces() {
+    use meshwasm_integration::resources::{load_dir, Resource};
+    use serde_json::Value;
+    let plugins = |resources: Vec<Resource>| -> Vec<Resource> {
+        resources
+            .into_iter()
+            .filter(|r| r.kind == "WasmPlugin")
+            .collect()
+    };
+    let separate = plugins(load_dir(&manifests_dir()).unwrap());
+    let staged = plugins(load_dir(&staged_dir()).unwrap());
+    let filter = |name: &str| name.replace('-', "_");
+    let mut replaced = BTreeSet::new();
+    for plugin in staged
+        .iter()
+        .filter(|p| !separate.iter().any(|s| s.id() == p.id()))
+    {
+        let sources: Vec<&Resource> = plugin
+            .body
+            .pointer("/metadata/annotations/meshwasm.io~1stages-of")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{} names no plugins it replaces", plugin.id()))
+            .split(", ")
+            .map(|source| {
+                separate
+                    .iter()
+                    .find(|s| format!("{}/{}", s.namespace, s.name) == source)
+                    .unwrap_or_else(|| panic!("{}: no separate plugin {source}", plugin.id()))
+            })
+            .collect();
+        let spec = &plugin.body["spec"];
+        let stages: Vec<(String, &Value)> = if spec["pluginName"] == "stages" {
+            spec["pluginConfig"]["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|stage| (filter(stage["filter"].as_str().unwrap()), &stage["config"]))
+                .collect()
+        } else {
+            vec![(
+                filter(spec["pluginName"].as_str().unwrap()),
+                &spec["pluginConfig"],
+            )]
+        };
+        assert_eq!(stages.len(), sources.len(), "{}", plugin.id());
+        for ((stage_filter, config), source) in stages.iter().zip(&sources) {
+            let source_spec = &source.body["spec"];
+            assert_eq!(
+                *stage_filter,
+                filter(source_spec["pluginName"].as_str().unwrap()),
+                "{}: stage for {}",
+                plugin.id(),
+                source.id()
+            );
+            assert_eq!(
+                *config,
+                &source_spec["pluginConfig"],
+                "{}: config of the stage for {}",
+                plugin.id(),
+                source.id()
+            );
+            assert_eq!(spec["url"], source_spec["url"], "{}", plugin.id());
+            replaced.insert(source.id());
+        }
+    }
+    let kept: BTreeSet<String> = staged.iter().map(Resource::id).collect();
+    for plugin in &separate {
+        assert_ne!(
+            replaced.contains(&plugin.id()),
+            kept.contains(&plugin.id()),
+            "{} must be either replaced by stages or kept as is",
+            plugin.id()
+        );
+    }
+    assert!(replaced.len() >= 5, "{replaced:?}");
+}

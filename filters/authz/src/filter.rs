@@ -9,7 +9,7 @@ use crate::token::{self, Location};
 use meshwasm_shared::host_headers::Header;
 use meshwasm_shared::metrics::{tagged_name, Metrics};
 use meshwasm_shared::shared_data::HostStore;
-use meshwasm_shared::{filter_state, headers, host_headers, unconfigured};
+use meshwasm_shared::{filter_state, headers, host_headers, stage, unconfigured};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
 use std::cell::RefCell;
@@ -298,7 +298,9 @@ impl RootContext for AuthzRoot {
         // Fetching starts on the first tick, not here: Envoy also configures
         // throw-away VMs (config validation) whose calls would never complete.
         if has_remote {
-            self.set_tick_period(TICK);
+            if let Err(status) = stage::set_tick_period(TICK) {
+                log::warn!("authz: no tick ({status:?}); JWKS will not be fetched");
+            }
         }
         true
     }
@@ -404,7 +406,7 @@ impl AuthzRequest {
 
     fn strip_token(&self, location: &Location, incoming: &Incoming<'_>) {
         match location {
-            Location::Header { name, .. } => self.set_http_request_header(name, None),
+            Location::Header { name, .. } => set_request_header(name, None),
             Location::Param(name) => {
                 if let (path, Some(query)) = headers::split_path(incoming.pseudo(":path")) {
                     let rest = headers::remove_query_param(query, name);
@@ -413,7 +415,7 @@ impl AuthzRequest {
                     } else {
                         format!("{path}?{rest}")
                     };
-                    self.set_http_request_header(":path", Some(&rewritten));
+                    set_request_header(":path", Some(&rewritten));
                 }
             }
             Location::Cookie(name) => {
@@ -425,7 +427,7 @@ impl AuthzRequest {
                     .collect::<Vec<_>>()
                     .join("; ");
                 let rest = token::remove_cookie(&joined, name);
-                self.set_http_request_header("cookie", (!rest.is_empty()).then_some(rest.as_str()));
+                set_request_header("cookie", (!rest.is_empty()).then_some(rest.as_str()));
             }
         }
     }
@@ -435,7 +437,7 @@ impl AuthzRequest {
             self.strip_token(location, incoming);
         }
         for (name, value) in &allowed.add_headers {
-            self.set_http_request_header(name, Some(value));
+            set_request_header(name, Some(value));
         }
         let result = match &allowed.dry_run_deny {
             Some(rule) => {
@@ -534,7 +536,7 @@ impl Context for AuthzRequest {
         let incoming = Incoming::read(&raw_headers, &state.engine);
         let outcome = self.decide(&mut state, &incoming);
         if self.apply(&mut state, outcome, false, &incoming) {
-            self.resume_http_request();
+            stage::resume_request();
         }
     }
 }
@@ -562,12 +564,12 @@ fn without_owned<'a>(mut headers: Vec<Header<'a>>, owned: &[String]) -> Vec<Head
     headers.retain(|(name, _)| !owned.iter().any(|o| o.eq_ignore_ascii_case(name)));
     if headers.len() != before {
         for name in owned {
-            if let Err(status) =
-                proxy_wasm::hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None)
-            {
-                log::warn!("authz: could not remove {name}: {status:?}");
-            }
+            set_request_header(name, None);
         }
     }
     headers
+}
+
+fn set_request_header(name: &str, value: Option<&str>) {
+    host_headers::set(MapType::HttpRequestHeaders, name, value);
 }

@@ -137,7 +137,7 @@ impl RootContext for BreakerRoot {
             idle_expiry_ms: u64::try_from(config.idle_expiry.as_millis()).unwrap_or(u64::MAX),
             max_gauge_keys: config.max_gauge_keys as usize,
         }));
-        if let Err(status) = hostcalls::set_tick_period(TICK) {
+        if let Err(status) = meshwasm_shared::stage::set_tick_period(TICK) {
             log::warn!("circuit-breaker: no tick ({status:?}); idle keys will not expire");
         }
         log::info!(

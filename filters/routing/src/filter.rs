@@ -128,7 +128,7 @@ impl HttpContext for RoutingHttp {
         let action = match &decision.outcome {
             Outcome::Forward(mutations) => {
                 for name in &mutations.remove_headers {
-                    remove_request_header(name);
+                    set_request_header(name, None);
                 }
                 for (name, value) in &mutations.set_headers {
                     set_request_header(name, Some(value));
@@ -171,11 +171,7 @@ impl HttpContext for RoutingHttp {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let (Some(header), Some(value)) = (self.router.debug_header(), &self.debug_value) {
             if !self.debug_sent {
-                if let Err(status) =
-                    hostcalls::add_map_value(MapType::HttpResponseHeaders, header, value)
-                {
-                    log::debug!("routing: could not add {header}: {status:?}");
-                }
+                host_headers::add(MapType::HttpResponseHeaders, header, value);
             }
         }
         Action::Continue
@@ -190,7 +186,7 @@ impl RoutingHttp {
         request_headers.retain(|(name, _)| !owned.iter().any(|o| o.eq_ignore_ascii_case(name)));
         if request_headers.len() != before {
             for name in owned {
-                remove_request_header(name);
+                set_request_header(name, None);
             }
         }
     }
@@ -250,13 +246,5 @@ impl RoutingHttp {
 }
 
 fn set_request_header(name: &str, value: Option<&str>) {
-    if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
-        log::warn!("routing: could not set {name}: {status:?}");
-    }
-}
-
-fn remove_request_header(name: &str) {
-    if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
-        log::warn!("routing: could not remove {name}: {status:?}");
-    }
+    host_headers::set(MapType::HttpRequestHeaders, name, value);
 }

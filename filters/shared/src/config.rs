@@ -85,8 +85,12 @@ pub fn parse<T: DeserializeOwned + Validate>(raw: Option<&[u8]>) -> Result<T, Co
 }
 
 /// Glue: the configuration Envoy hands the plugin (Istio's `pluginConfig`),
-/// to give to [`parse`]; `None` when it is empty.
+/// to give to [`parse`]; `None` when it is empty. A stage of a staged chain
+/// gets its own part of the chain's configuration ([`crate::stage`]).
 pub fn plugin_configuration() -> Option<Vec<u8>> {
+    if let Some(stage_configuration) = crate::stage::configuration() {
+        return stage_configuration;
+    }
     proxy_wasm::hostcalls::get_buffer(
         proxy_wasm::types::BufferType::PluginConfiguration,
         0,

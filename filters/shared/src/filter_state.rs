@@ -15,14 +15,18 @@ pub const BREAKER_STATE: &str = "meshwasm.breaker.state";
 
 /// Glue: records `value` under `key` for the current stream.
 pub fn set(key: &str, value: &str) {
-    if let Err(status) = proxy_wasm::hostcalls::set_property(vec![key], Some(value.as_bytes())) {
-        log::debug!("could not set filter state {key}: {status:?}");
+    match proxy_wasm::hostcalls::set_property(vec![key], Some(value.as_bytes())) {
+        Ok(()) => crate::stage::note_filter_state(key, value.as_bytes()),
+        Err(status) => log::debug!("could not set filter state {key}: {status:?}"),
     }
 }
 
-/// Glue: what an earlier filter of this stream recorded under `key`.
+/// Glue: what an earlier filter of this stream recorded under `key` (inside
+/// a staged chain, an earlier stage's value without a host call).
 pub fn get(key: &str) -> Option<Vec<u8>> {
-    proxy_wasm::hostcalls::get_property(vec![key])
-        .ok()
-        .flatten()
+    crate::stage::filter_state(key).or_else(|| {
+        proxy_wasm::hostcalls::get_property(vec![key])
+            .ok()
+            .flatten()
+    })
 }

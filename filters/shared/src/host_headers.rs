@@ -11,6 +11,7 @@
 //! and decoded into slices of it ([`decode_map`]): nothing is copied unless a
 //! name or value is not UTF-8.
 
+use crate::stage;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
 use std::borrow::Cow;
@@ -77,7 +78,12 @@ fn text_of(bytes: &[u8]) -> Cow<'_, str> {
 /// Glue: the serialised pairs of a header map of the current stream (or, for
 /// `HttpCallResponseHeaders`, of the HTTP call being answered), as the host
 /// handed them over, for [`decode_map`]; empty when there is no such map.
+/// Inside a staged chain the stages share one read per callback ([`stage`]).
 pub fn map_buffer(map_type: MapType) -> Vec<u8> {
+    stage::header_map(map_type, || read_map(map_type))
+}
+
+fn read_map(map_type: MapType) -> Vec<u8> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size = 0usize;
     // SAFETY: on success the host hands over a buffer of `size` bytes it
@@ -100,6 +106,9 @@ pub fn map(map_type: MapType) -> Vec<(String, String)> {
 
 /// Glue: the first value of header `name` in a map of the current stream.
 pub fn value(map_type: MapType, name: &str) -> Option<String> {
+    if let Some(kept) = stage::cached_header_map(map_type) {
+        return crate::headers::find(&decode_map(&kept), name).map(str::to_owned);
+    }
     match hostcalls::get_map_value_bytes(map_type, name) {
         Ok(Some(bytes)) => Some(
             String::from_utf8(bytes)
@@ -109,23 +118,88 @@ pub fn value(map_type: MapType, name: &str) -> Option<String> {
     }
 }
 
+/// Glue: replaces every value of header `name` (`None` removes them) in a
+/// map of the current stream. Every filter writes headers through here so a
+/// staged chain's later stages see the write ([`stage`]).
+pub fn set(map_type: MapType, name: &str, value: Option<&str>) {
+    #[allow(clippy::disallowed_methods)] // the one place that may
+    let written = hostcalls::set_map_value(map_type, name, value);
+    match written {
+        Ok(()) => stage::note_header_write(map_type, name, value),
+        Err(status) => log::warn!("could not set header {name}: {status:?}"),
+    }
+}
+
+/// Glue: adds a value of header `name` to a map of the current stream,
+/// keeping the values it has ([`set`] says why through here).
+pub fn add(map_type: MapType, name: &str, value: &str) {
+    #[allow(clippy::disallowed_methods)] // the one place that may
+    let written = hostcalls::add_map_value(map_type, name, value);
+    match written {
+        Ok(()) => stage::note_header_add(map_type, name, value),
+        Err(status) => log::warn!("could not add header {name}: {status:?}"),
+    }
+}
+
+/// Serialises pairs the way the host hands a header map over.
+pub fn encode_map<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> Vec<u8> {
+    let length = |bytes: &[u8]| u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes();
+    let count = u32::try_from(pairs.len()).unwrap_or(u32::MAX);
+    let mut out = count.to_le_bytes().to_vec();
+    for (name, value) in pairs {
+        out.extend_from_slice(&length(name.as_ref()));
+        out.extend_from_slice(&length(value.as_ref()));
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name.as_ref());
+        out.push(0);
+        out.extend_from_slice(value.as_ref());
+        out.push(0);
+    }
+    out
+}
+
+/// `map` (serialised) after Envoy's `setCopy`/`remove` of header `name`:
+/// every value of the lower-cased name removed, then `value` appended (a
+/// pseudo-header after the other pseudo-headers, where Envoy keeps them).
+pub fn with_header_set(map: &[u8], name: &str, value: Option<&str>) -> Vec<u8> {
+    let name = name.to_ascii_lowercase();
+    let mut pairs: Vec<Header<'_>> = decode_map(map)
+        .into_iter()
+        .filter(|(existing, _)| *existing != name)
+        .collect();
+    if let Some(value) = value {
+        let at = if name.starts_with(':') {
+            pairs.iter().take_while(|(n, _)| n.starts_with(':')).count()
+        } else {
+            pairs.len()
+        };
+        pairs.insert(at, (Cow::Owned(name), Cow::Borrowed(value)));
+    }
+    encode_pairs(&pairs)
+}
+
+/// `map` (serialised) after Envoy's `addCopy` of header `name`: appended.
+pub fn with_header_added(map: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let mut pairs = decode_map(map);
+    pairs.push((Cow::Owned(name.to_ascii_lowercase()), Cow::Borrowed(value)));
+    encode_pairs(&pairs)
+}
+
+fn encode_pairs(pairs: &[Header<'_>]) -> Vec<u8> {
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(n, v)| (n.as_ref(), v.as_ref()))
+        .collect();
+    encode_map(&pairs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (name, value) in pairs {
-            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        }
-        for (name, value) in pairs {
-            out.extend_from_slice(name);
-            out.push(0);
-            out.extend_from_slice(value);
-            out.push(0);
-        }
-        out
+        encode_map(pairs)
     }
 
     fn owned(pairs: Vec<Header<'_>>) -> Vec<(String, String)> {
@@ -185,5 +259,46 @@ mod tests {
         let mut bytes = encode(&[(b"x-a", b"1")]);
         bytes[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_map(&bytes).len() <= 1);
+    }
+
+    fn headers_named(map: &[u8], name: &str) -> Vec<String> {
+        owned(decode_map(map))
+            .into_iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    #[test]
+    fn a_header_set_replaces_every_value_as_envoy_does() {
+        let map = encode_map(&[
+            (":method", "GET"),
+            (":path", "/a"),
+            ("cookie", "a=1"),
+            ("x", "1"),
+            ("cookie", "b=2"),
+        ]);
+        let set = with_header_set(&map, "Cookie", Some("c=3"));
+        assert_eq!(
+            owned(decode_map(&set)),
+            [
+                (":method", "GET"),
+                (":path", "/a"),
+                ("x", "1"),
+                ("cookie", "c=3")
+            ]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+        let added = with_header_added(&set, "Cookie", "d=4");
+        assert_eq!(headers_named(&added, "cookie"), ["c=3", "d=4"]);
+        let removed = with_header_set(&set, "cookie", None);
+        assert_eq!(decode_map(&removed).len(), 3);
+        let pseudo = with_header_set(&map, ":path", Some("/b"));
+        assert_eq!(
+            decode_map(&pseudo)
+                .get(1)
+                .map(|(n, v)| (n.as_ref(), v.as_ref())),
+            Some((":path", "/b"))
+        );
     }
 }

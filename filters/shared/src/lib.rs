@@ -20,4 +20,5 @@ pub mod metrics;
 pub mod path_pattern;
 pub mod problem;
 pub mod shared_data;
+pub mod stage;
 pub mod unconfigured;

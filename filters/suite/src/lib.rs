@@ -1,6 +1,10 @@
 //! meshwasm in one module: the four filters share one V8 VM per Envoy thread
 //! instead of one VM per filter per thread. Each WasmPlugin picks its filter
-//! by `pluginName`, which Istio passes to Envoy as the plugin's root id.
+//! by `pluginName`, which Istio passes to Envoy as the plugin's root id, or
+//! runs several of them as the ordered stages of one plugin
+//! (`pluginName: stages`, [`staged`]).
+
+pub mod staged;
 
 use meshwasm_shared::unconfigured;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -15,8 +19,8 @@ pub enum Filter {
     Telemetry,
 }
 
-/// The root ids (`pluginName`s) the module accepts, as shown in errors.
-pub const ROOT_IDS: &str = "authz, routing, circuit_breaker (or circuit-breaker), telemetry";
+/// The filters' root ids (`pluginName`s, stage names), as shown in errors.
+pub const FILTERS: &str = "authz, routing, circuit_breaker (or circuit-breaker), telemetry";
 
 impl Filter {
     pub fn from_root_id(root_id: &str) -> Option<Self> {
@@ -26,6 +30,16 @@ impl Filter {
             "circuit_breaker" | "circuit-breaker" => Some(Self::CircuitBreaker),
             "telemetry" => Some(Self::Telemetry),
             _ => None,
+        }
+    }
+
+    /// The filter's root id, as logs name it.
+    pub fn root_id(self) -> &'static str {
+        match self {
+            Self::Authz => "authz",
+            Self::Routing => "routing",
+            Self::CircuitBreaker => "circuit_breaker",
+            Self::Telemetry => "telemetry",
         }
     }
 
@@ -42,6 +56,9 @@ impl Filter {
 /// The root context for a plugin with this root id; an unknown one refuses
 /// its configuration so Envoy applies the plugin's fail policy.
 pub fn new_root_context(root_id: &str) -> Box<dyn RootContext> {
+    if root_id == staged::ROOT_ID {
+        return Box::<staged::StagedRoot>::default();
+    }
     match Filter::from_root_id(root_id) {
         Some(filter) => filter.new_root_context(),
         None => Box::new(UnknownRoot {
@@ -67,8 +84,9 @@ impl Context for UnknownRoot {}
 impl RootContext for UnknownRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         log::error!(
-            "meshwasm: unknown root id `{}` (the WasmPlugin's pluginName); this module serves {ROOT_IDS}",
-            self.root_id
+            "meshwasm: unknown root id `{}` (the WasmPlugin's pluginName); this module serves {FILTERS}, and `{}` for several of them as stages",
+            self.root_id,
+            staged::ROOT_ID
         );
         false
     }
@@ -118,7 +136,7 @@ mod tests {
             "circuit-breaker",
             "telemetry",
         ] {
-            assert!(ROOT_IDS.contains(name), "{name}");
+            assert!(FILTERS.contains(name), "{name}");
             assert!(Filter::from_root_id(name).is_some(), "{name}");
         }
     }

@@ -238,13 +238,17 @@ impl TelemetryHttp {
         if origin != Origin::W3c {
             // tracestate belongs to the traceparent it came with, which was absent or invalid.
             if header(trace::TRACESTATE).is_some() {
-                self.set_http_request_header(trace::TRACESTATE, None);
+                host_headers::set(MapType::HttpRequestHeaders, trace::TRACESTATE, None);
             }
-            self.set_http_request_header(trace::TRACEPARENT, Some(&context.traceparent()));
+            host_headers::set(
+                MapType::HttpRequestHeaders,
+                trace::TRACEPARENT,
+                Some(&context.traceparent()),
+            );
         }
         if header(trace::BAGGAGE).is_some_and(|baggage| baggage.len() > max_baggage) {
             log::debug!("baggage over {max_baggage} bytes removed");
-            self.set_http_request_header(trace::BAGGAGE, None);
+            host_headers::set(MapType::HttpRequestHeaders, trace::BAGGAGE, None);
         }
         self.set_property(vec![TRACE_ID_KEY], Some(context.trace_id.as_bytes()));
         Some((context, origin))
@@ -277,14 +281,18 @@ impl HttpContext for TelemetryHttp {
         let mut peer_named_itself = false;
         let (source_workload, destination_workload) = if reporter == Reporter::Outbound {
             if peer_headers {
-                self.set_http_request_header(SOURCE_WORKLOAD_HEADER, Some(&workload));
+                host_headers::set(
+                    MapType::HttpRequestHeaders,
+                    SOURCE_WORKLOAD_HEADER,
+                    Some(&workload),
+                );
             }
             (workload, UNKNOWN.to_owned())
         } else {
             let caller = if peer_headers {
                 let caller = header(SOURCE_WORKLOAD_HEADER).map(str::to_owned);
                 if caller.is_some() {
-                    self.set_http_request_header(SOURCE_WORKLOAD_HEADER, None);
+                    host_headers::set(MapType::HttpRequestHeaders, SOURCE_WORKLOAD_HEADER, None);
                 }
                 caller
             } else {
@@ -338,13 +346,14 @@ impl HttpContext for TelemetryHttp {
             if !request.destination_resolved {
                 let answered_by = headers::find(&response_headers, WORKLOAD_HEADER);
                 if answered_by.is_some() {
-                    self.set_http_response_header(WORKLOAD_HEADER, None);
+                    host_headers::set(MapType::HttpResponseHeaders, WORKLOAD_HEADER, None);
                 }
                 request.labels.destination_workload =
                     vm.bounded(TAG_DESTINATION_WORKLOAD, answered_by);
                 request.destination_resolved = true;
             } else if request.peer_named_itself {
-                self.set_http_response_header(
+                host_headers::set(
+                    MapType::HttpResponseHeaders,
                     WORKLOAD_HEADER,
                     Some(&request.labels.destination_workload),
                 );
@@ -352,7 +361,7 @@ impl HttpContext for TelemetryHttp {
         }
         if let (Some(name), Some((context, _))) = (&vm.config.trace.response_header, &request.trace)
         {
-            self.set_http_response_header(name, Some(&context.trace_id));
+            host_headers::set(MapType::HttpResponseHeaders, name, Some(&context.trace_id));
         }
         self.request = Some(request);
         Action::Continue
