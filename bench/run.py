@@ -802,9 +802,10 @@ class Tokens:
                 pending = []
         return tokens
 
-    def scripts(self, variants):
+    def scripts(self, variants, fresh_tokens=0):
         """(wrk script, probe token, tokens file or None) keyed by
-        (algorithm, unique)."""
+        (algorithm, unique). The cache-miss variants get MISS_TOKENS tokens
+        plus `fresh_tokens` more (see measure_instructions)."""
         scripts = {}
         for variant in variants:
             key = (variant.algorithm, variant.unique_tokens)
@@ -812,8 +813,9 @@ class Tokens:
                 continue
             path = self.workdir / f"request-{variant.algorithm}{'-unique' if variant.unique_tokens else ''}.lua"
             if variant.unique_tokens:
-                log(f"minting {MISS_TOKENS} distinct {variant.algorithm} tokens for the cache-miss variants")
-                tokens = self.mint([variant.algorithm], MISS_TOKENS)
+                count = MISS_TOKENS + fresh_tokens
+                log(f"minting {count} distinct {variant.algorithm} tokens for the cache-miss variants")
+                tokens = self.mint([variant.algorithm], count)
                 tokens_file = path.with_suffix(".tokens")
                 tokens_file.write_text("\n".join(tokens) + "\n")
                 wrk_script(path, tokens[0], tokens_file)
@@ -1044,10 +1046,12 @@ def profile_markdown(variants, profiles, settings):
 CALLGRIND = ("valgrind", "--tool=callgrind", "--smc-check=all", "--instr-atstart=no", "--separate-threads=yes")
 # Uninstrumented requests before counting (V8 tiers the hot code up).
 INSTR_WARMUP = 100
-# ... and for the cache-miss variants: twice round their tokens, so that
-# counting starts in a long run's steady state, with full token caches and
-# authz's direct-mapped shared-data slots ~98 % taken (half taken, the dumps
-# differed by 7 % for HS256 misses).
+# ... and for the cache-miss variants: twice round their first MISS_TOKENS
+# tokens, so that counting starts in a long run's steady state, with full
+# token caches and authz's direct-mapped shared-data slots ~98 % taken (half
+# taken, the dumps differed by 7 % for HS256 misses). The counted requests
+# then carry tokens never sent before: cycling the warm-up's tokens again,
+# ~13 % of them still sat in authz's slots and the rows mixed hits in.
 INSTR_MISS_WARMUP = 2 * MISS_TOKENS
 # Largest relative difference between the two dumps' per-request figures.
 INSTR_AGREEMENT = 0.01
@@ -1147,10 +1151,15 @@ def measure_instructions(binary, variant, workdir, scripts, settings):
         binary, variant, workdir, {**settings, "pin": False},
         wrapper=[*CALLGRIND, f"--callgrind-out-file={out_file}"], ready_timeout=600,
     )
-    client = KeepAlive(envoy.listen_port, tokens)
+    warmup_tokens, fresh_tokens = tokens[:MISS_TOKENS], tokens[MISS_TOKENS:]
+    client = KeepAlive(envoy.listen_port, warmup_tokens)
     try:
         client.send(INSTR_MISS_WARMUP if variant.unique_tokens else INSTR_WARMUP)
         check_answers(envoy, variant, token)
+        if variant.unique_tokens:
+            if len(fresh_tokens) < 3 * requests:
+                raise RuntimeError(f"{len(fresh_tokens)} fresh tokens for {3 * requests} counted requests")
+            client.tokens, client.sent = fresh_tokens, 0
         callgrind_control(envoy.pid, "-i", "on")
         callgrind_control(envoy.pid, "-z")
         client.send(requests)
@@ -1869,7 +1878,9 @@ def run(args, settings, workdir):
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_summary(args.envoy)
     if settings["instructions"]:
-        run_instructions(args, settings, variants, workdir, tokens.scripts(variants), out, stamp, machine)
+        # Counted cache-miss requests (N + 2N) each carry a token never sent before.
+        fresh = 3 * settings["instr_requests"]
+        run_instructions(args, settings, variants, workdir, tokens.scripts(variants, fresh), out, stamp, machine)
         return
     log(
         f"Envoy {machine['envoy']} on {machine['cpu']} ({machine['cores']} cores, load {machine['load']}); "

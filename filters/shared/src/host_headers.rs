@@ -15,6 +15,7 @@ use crate::stage;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
 use std::borrow::Cow;
+use std::rc::Rc;
 
 /// One header as decoded from a host buffer: borrowed from it when valid UTF-8.
 pub type Header<'a> = (Cow<'a, str>, Cow<'a, str>);
@@ -33,37 +34,74 @@ extern "C" {
 /// and value followed by a NUL. Invalid UTF-8 becomes U+FFFD; a truncated
 /// buffer yields the pairs that are complete, NUL included.
 pub fn decode_map(bytes: &[u8]) -> Vec<Header<'_>> {
-    let read_u32 = |at: usize| {
+    RawPairs::new(bytes)
+        .map(|(name, value)| (text_of(name), text_of(value)))
+        .collect()
+}
+
+/// The complete pairs of a serialised map as bytes, unchecked for UTF-8.
+struct RawPairs<'a> {
+    bytes: &'a [u8],
+    count: usize,
+    index: usize,
+    /// Where the next name starts.
+    data: usize,
+}
+
+impl<'a> RawPairs<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        let count = Self::read_u32(bytes, 0).unwrap_or(0);
+        Self {
+            bytes,
+            count,
+            index: 0,
+            data: 4usize.saturating_add(count.saturating_mul(8)),
+        }
+    }
+
+    fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
         bytes
             .get(at..)
             .and_then(<[u8]>::first_chunk::<4>)
             .map(|b| u32::from_le_bytes(*b) as usize)
-    };
-    let Some(count) = read_u32(0) else {
-        return Vec::new();
-    };
-    let mut data = 4usize.saturating_add(count.saturating_mul(8));
-    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
-    for index in 0..count {
-        let lengths = 4 + index * 8;
-        let (Some(name_len), Some(value_len)) = (read_u32(lengths), read_u32(lengths + 4)) else {
-            break;
-        };
-        let mut take = |len: usize| {
-            let end = data.checked_add(len)?;
-            let text = bytes.get(data..end)?;
-            if bytes.get(end) != Some(&0) {
-                return None;
-            }
-            data = end + 1;
-            Some(text_of(text))
-        };
-        let (Some(name), Some(value)) = (take(name_len), take(value_len)) else {
-            break;
-        };
-        pairs.push((name, value));
     }
-    pairs
+
+    /// `len` bytes at the cursor, which must be followed by a NUL.
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        let end = self.data.checked_add(len)?;
+        let text = self.bytes.get(self.data..end)?;
+        if self.bytes.get(end) != Some(&0) {
+            return None;
+        }
+        self.data = end + 1;
+        Some(text)
+    }
+}
+
+impl<'a> Iterator for RawPairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.index >= self.count {
+            return None;
+        }
+        let lengths = 4usize.saturating_add(self.index.saturating_mul(8));
+        self.index += 1;
+        let pair = Self::read_u32(self.bytes, lengths)
+            .zip(Self::read_u32(self.bytes, lengths.saturating_add(4)))
+            .and_then(|(name_len, value_len)| Some((self.take(name_len)?, self.take(value_len)?)));
+        if pair.is_none() {
+            // A truncated buffer: nothing after it is a pair.
+            self.index = self.count;
+        }
+        pair
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // A pair takes at least 10 bytes (two lengths, two NULs).
+        let left = self.count.saturating_sub(self.index);
+        (0, Some(left.min(self.bytes.len() / 10)))
+    }
 }
 
 /// `bytes` as text, borrowed; invalid UTF-8 as an owned copy with U+FFFD.
@@ -79,8 +117,8 @@ fn text_of(bytes: &[u8]) -> Cow<'_, str> {
 /// `HttpCallResponseHeaders`, of the HTTP call being answered), as the host
 /// handed them over, for [`decode_map`]; empty when there is no such map.
 /// Inside a staged chain the stages share one read per callback ([`stage`]).
-pub fn map_buffer(map_type: MapType) -> Vec<u8> {
-    stage::header_map(map_type, || read_map(map_type))
+pub fn map_buffer(map_type: MapType) -> Rc<Vec<u8>> {
+    stage::header_map(map_type, || Rc::new(read_map(map_type)))
 }
 
 fn read_map(map_type: MapType) -> Vec<u8> {
@@ -125,7 +163,7 @@ pub fn set(map_type: MapType, name: &str, value: Option<&str>) {
     #[allow(clippy::disallowed_methods)] // the one place that may
     let written = hostcalls::set_map_value(map_type, name, value);
     match written {
-        Ok(()) => stage::note_header_write(map_type, name, value),
+        Ok(()) => stage::note_header_write(map_type, HeaderWrite::set(name, value)),
         Err(status) => log::warn!("could not set header {name}: {status:?}"),
     }
 }
@@ -136,7 +174,7 @@ pub fn add(map_type: MapType, name: &str, value: &str) {
     #[allow(clippy::disallowed_methods)] // the one place that may
     let written = hostcalls::add_map_value(map_type, name, value);
     match written {
-        Ok(()) => stage::note_header_add(map_type, name, value),
+        Ok(()) => stage::note_header_write(map_type, HeaderWrite::add(name, value)),
         Err(status) => log::warn!("could not add header {name}: {status:?}"),
     }
 }
@@ -159,38 +197,56 @@ pub fn encode_map<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> Vec<u8> {
     out
 }
 
-/// `map` (serialised) after Envoy's `setCopy`/`remove` of header `name`:
-/// every value of the lower-cased name removed, then `value` appended (a
-/// pseudo-header after the other pseudo-headers, where Envoy keeps them).
-pub fn with_header_set(map: &[u8], name: &str, value: Option<&str>) -> Vec<u8> {
-    let name = name.to_ascii_lowercase();
-    let mut pairs: Vec<Header<'_>> = decode_map(map)
-        .into_iter()
-        .filter(|(existing, _)| *existing != name)
-        .collect();
-    if let Some(value) = value {
-        let at = if name.starts_with(':') {
-            pairs.iter().take_while(|(n, _)| n.starts_with(':')).count()
-        } else {
-            pairs.len()
-        };
-        pairs.insert(at, (Cow::Owned(name), Cow::Borrowed(value)));
+/// A header write as Envoy applies it to its map: `setCopy`/`remove` drop
+/// every value of the (lower-cased) name, then a set value is appended (a
+/// pseudo-header after the other pseudo-headers, where Envoy keeps them);
+/// `addCopy` appends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderWrite {
+    name: String,
+    value: Option<String>,
+    keep_others: bool,
+}
+
+impl HeaderWrite {
+    pub fn set(name: &str, value: Option<&str>) -> Self {
+        Self {
+            name: name.to_ascii_lowercase(),
+            value: value.map(str::to_owned),
+            keep_others: false,
+        }
     }
-    encode_pairs(&pairs)
+
+    pub fn add(name: &str, value: &str) -> Self {
+        Self {
+            name: name.to_ascii_lowercase(),
+            value: Some(value.to_owned()),
+            keep_others: true,
+        }
+    }
 }
 
-/// `map` (serialised) after Envoy's `addCopy` of header `name`: appended.
-pub fn with_header_added(map: &[u8], name: &str, value: &str) -> Vec<u8> {
-    let mut pairs = decode_map(map);
-    pairs.push((Cow::Owned(name.to_ascii_lowercase()), Cow::Borrowed(value)));
-    encode_pairs(&pairs)
-}
-
-fn encode_pairs(pairs: &[Header<'_>]) -> Vec<u8> {
-    let pairs: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(n, v)| (n.as_ref(), v.as_ref()))
-        .collect();
+/// `map` (serialised) after `writes`, in order: one pass over the pairs and
+/// one encoding, whatever the number of writes.
+pub fn with_writes(map: &[u8], writes: &[HeaderWrite]) -> Vec<u8> {
+    let mut pairs: Vec<(&[u8], &[u8])> = RawPairs::new(map).collect();
+    for write in writes {
+        let name = write.name.as_bytes();
+        if !write.keep_others {
+            pairs.retain(|(existing, _)| *existing != name);
+        }
+        if let Some(value) = &write.value {
+            let at = if name.starts_with(b":") {
+                pairs
+                    .iter()
+                    .take_while(|(n, _)| n.starts_with(b":"))
+                    .count()
+            } else {
+                pairs.len()
+            };
+            pairs.insert(at, (name, value.as_bytes()));
+        }
+    }
     encode_map(&pairs)
 }
 
@@ -278,7 +334,7 @@ mod tests {
             ("x", "1"),
             ("cookie", "b=2"),
         ]);
-        let set = with_header_set(&map, "Cookie", Some("c=3"));
+        let set = with_writes(&map, &[HeaderWrite::set("Cookie", Some("c=3"))]);
         assert_eq!(
             owned(decode_map(&set)),
             [
@@ -289,16 +345,31 @@ mod tests {
             ]
             .map(|(n, v)| (n.to_owned(), v.to_owned()))
         );
-        let added = with_header_added(&set, "Cookie", "d=4");
+        let added = with_writes(&set, &[HeaderWrite::add("Cookie", "d=4")]);
         assert_eq!(headers_named(&added, "cookie"), ["c=3", "d=4"]);
-        let removed = with_header_set(&set, "cookie", None);
+        let removed = with_writes(&set, &[HeaderWrite::set("cookie", None)]);
         assert_eq!(decode_map(&removed).len(), 3);
-        let pseudo = with_header_set(&map, ":path", Some("/b"));
+        let pseudo = with_writes(&map, &[HeaderWrite::set(":path", Some("/b"))]);
         assert_eq!(
             decode_map(&pseudo)
                 .get(1)
                 .map(|(n, v)| (n.as_ref(), v.as_ref())),
             Some((":path", "/b"))
+        );
+    }
+
+    #[test]
+    fn writes_apply_in_order() {
+        let map = encode_map(&[(":path", "/a"), ("x", "1")]);
+        let writes = [
+            HeaderWrite::add("x", "2"),
+            HeaderWrite::set("y", Some("3")),
+            HeaderWrite::set("x", None),
+            HeaderWrite::add("X", "4"),
+        ];
+        assert_eq!(
+            owned(decode_map(&with_writes(&map, &writes))),
+            [(":path", "/a"), ("y", "3"), ("x", "4")].map(|(n, v)| (n.to_owned(), v.to_owned()))
         );
     }
 }

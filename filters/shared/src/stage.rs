@@ -22,19 +22,40 @@
 //! own part of the chain's configuration and its tick period is recorded for
 //! the chain's root to honour.
 
-use crate::host_headers;
+use crate::host_headers::{self, HeaderWrite};
 use proxy_wasm::types::MapType;
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
+
+/// A header map as read from Envoy in this callback, and the stages' writes
+/// since, applied only when a stage reads the map again.
+#[derive(Debug, Default)]
+struct KeptMap {
+    read: Option<Rc<Vec<u8>>>,
+    writes: Vec<HeaderWrite>,
+}
+
+impl KeptMap {
+    /// The map as Envoy would hand it over now, if it was read.
+    fn current(&mut self) -> Option<Rc<Vec<u8>>> {
+        let read = self.read.as_mut()?;
+        if !self.writes.is_empty() {
+            *read = Rc::new(host_headers::with_writes(read, &self.writes));
+            self.writes.clear();
+        }
+        Some(Rc::clone(read))
+    }
+}
 
 /// What the stages of one stream share; owned by the staged HTTP context and
 /// installed for each of its callbacks.
 #[derive(Debug, Default)]
 pub struct StreamScope {
-    /// Serialised header maps as Envoy would hand them over now (only within
-    /// one callback: between callbacks other filters may change them).
-    request_headers: Option<Vec<u8>>,
-    response_headers: Option<Vec<u8>>,
+    /// The header maps (only within one callback: between callbacks other
+    /// filters may change them).
+    request_headers: KeptMap,
+    response_headers: KeptMap,
     /// Filter state written by a stage of this stream (for the whole stream).
     filter_state: Vec<(String, Vec<u8>)>,
     resumed_request: bool,
@@ -46,7 +67,7 @@ impl StreamScope {
         std::mem::take(&mut self.resumed_request)
     }
 
-    fn headers_mut(&mut self, map_type: MapType) -> Option<&mut Option<Vec<u8>>> {
+    fn headers_mut(&mut self, map_type: MapType) -> Option<&mut KeptMap> {
         match map_type {
             MapType::HttpRequestHeaders => Some(&mut self.request_headers),
             MapType::HttpResponseHeaders => Some(&mut self.response_headers),
@@ -75,8 +96,8 @@ pub fn run_stream<R>(scope: &mut StreamScope, callback: impl FnOnce() -> R) -> R
     STREAM.with(|stream| *stream.borrow_mut() = Some(std::mem::take(scope)));
     let result = callback();
     if let Some(mut after) = STREAM.with(|stream| stream.borrow_mut().take()) {
-        after.request_headers = None;
-        after.response_headers = None;
+        after.request_headers = KeptMap::default();
+        after.response_headers = KeptMap::default();
         *scope = after;
     }
     result
@@ -148,15 +169,15 @@ fn record_resume() -> bool {
 
 /// The serialised header map `map_type` as the stages see it now: read from
 /// the host once per callback inside a chain.
-pub(crate) fn header_map(map_type: MapType, read: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
-    let kept = with_stream(|scope| scope.headers_mut(map_type).map(|slot| slot.clone()));
+pub(crate) fn header_map(map_type: MapType, read: impl FnOnce() -> Rc<Vec<u8>>) -> Rc<Vec<u8>> {
+    let kept = with_stream(|scope| scope.headers_mut(map_type).map(|kept| kept.current()));
     match kept {
         Some(Some(Some(map))) => map,
         Some(Some(None)) => {
             let map = read();
             with_stream(|scope| {
-                if let Some(slot) = scope.headers_mut(map_type) {
-                    *slot = Some(map.clone());
+                if let Some(kept) = scope.headers_mut(map_type) {
+                    kept.read = Some(Rc::clone(&map));
                 }
             });
             map
@@ -166,24 +187,19 @@ pub(crate) fn header_map(map_type: MapType, read: impl FnOnce() -> Vec<u8>) -> V
 }
 
 /// The kept header map `map_type`, if a stage has read it in this callback.
-pub(crate) fn cached_header_map(map_type: MapType) -> Option<Vec<u8>> {
-    with_stream(|scope| scope.headers_mut(map_type).and_then(|map| map.clone())).flatten()
+pub(crate) fn cached_header_map(map_type: MapType) -> Option<Rc<Vec<u8>>> {
+    with_stream(|scope| scope.headers_mut(map_type).and_then(KeptMap::current)).flatten()
 }
 
-/// Applies a stage's header write to the kept map, as Envoy applies it.
-pub(crate) fn note_header_write(map_type: MapType, name: &str, value: Option<&str>) {
+/// Notes a stage's header write for the kept map, if there is one (else the
+/// next read goes to Envoy, which has the write).
+pub(crate) fn note_header_write(map_type: MapType, write: HeaderWrite) {
     with_stream(|scope| {
-        if let Some(Some(map)) = scope.headers_mut(map_type) {
-            *map = host_headers::with_header_set(map, name, value);
-        }
-    });
-}
-
-/// Applies a stage's header addition to the kept map, as Envoy applies it.
-pub(crate) fn note_header_add(map_type: MapType, name: &str, value: &str) {
-    with_stream(|scope| {
-        if let Some(Some(map)) = scope.headers_mut(map_type) {
-            *map = host_headers::with_header_added(map, name, value);
+        if let Some(kept) = scope
+            .headers_mut(map_type)
+            .filter(|kept| kept.read.is_some())
+        {
+            kept.writes.push(write);
         }
     });
 }
@@ -223,7 +239,7 @@ mod tests {
         for _ in 0..2 {
             header_map(MapType::HttpRequestHeaders, || {
                 reads += 1;
-                Vec::new()
+                Rc::default()
             });
         }
         assert_eq!(reads, 2);
@@ -241,12 +257,18 @@ mod tests {
             for _ in 0..3 {
                 header_map(MapType::HttpRequestHeaders, || {
                     reads += 1;
-                    map.clone()
+                    Rc::new(map.clone())
                 });
             }
-            note_header_write(MapType::HttpRequestHeaders, "X-User", None);
-            note_header_write(MapType::HttpRequestHeaders, ":path", Some("/b"));
-            let seen = header_map(MapType::HttpRequestHeaders, Vec::new);
+            note_header_write(
+                MapType::HttpRequestHeaders,
+                HeaderWrite::set("X-User", None),
+            );
+            note_header_write(
+                MapType::HttpRequestHeaders,
+                HeaderWrite::set(":path", Some("/b")),
+            );
+            let seen = header_map(MapType::HttpRequestHeaders, Rc::default);
             assert_eq!(
                 host_headers::decode_map(&seen),
                 vec![(":path".into(), "/b".into())]
