@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use meshwasm_integration::{demo, prometheus_server, resources, validate, Mesh, MeshOptions};
+use meshwasm_integration::{
+    compose, demo, prometheus_server, resources, validate, Mesh, MeshOptions, ReadyInfo,
+};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,6 +23,15 @@ enum Command {
     Up(RunArgs),
     /// Start the mesh, run the demo scenario, print what happened, stop.
     Demo(RunArgs),
+    /// Write the mesh as a Docker Compose project: one Envoy container per proxy with its
+    /// translated config, one container per app, all on the host's network.
+    Compose {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Folder of the project (compose.yaml, Envoy configs, certificates, modules).
+        #[arg(long, default_value = "mesh-compose")]
+        out: PathBuf,
+    },
     /// Print the manifests' Prometheus rule groups as a rules file (for promtool).
     Rules {
         #[arg(long, default_value_os_t = MeshOptions::default().manifests)]
@@ -107,7 +118,7 @@ fn run(cli: Cli) -> Result<()> {
             let ready_file = args.ready_file.clone();
             let stop = stop_flag()?;
             let mut mesh = Mesh::start(args.options())?;
-            print_endpoints(&mesh);
+            print_endpoints(&mesh.ready);
             if let Some(path) = ready_file {
                 std::fs::write(&path, serde_json::to_vec_pretty(&mesh.ready)?)
                     .with_context(|| format!("cannot write {}", path.display()))?;
@@ -129,6 +140,20 @@ fn run(cli: Cli) -> Result<()> {
             println!("mesh stopped");
             Ok(())
         }
+        Command::Compose { run, out } => {
+            let project = compose::write_project(&MeshOptions {
+                run_dir: out,
+                ..run.options()
+            })?;
+            print_endpoints(&project.ready);
+            println!("\nwrote {}; start it with", project.file.display());
+            println!("  docker compose -f {} up", project.file.display());
+            println!("images (set the variable to use another):");
+            for (variable, default) in &project.image_variables {
+                println!("  {variable:<18} {default}");
+            }
+            Ok(())
+        }
         Command::Rules { manifests } => {
             print!(
                 "{}",
@@ -141,7 +166,7 @@ fn run(cli: Cli) -> Result<()> {
                 prometheus: true,
                 ..args.options()
             })?;
-            print_endpoints(&mesh);
+            print_endpoints(&mesh.ready);
             demo::run(&mesh)
         }
     }
@@ -156,16 +181,16 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-fn print_endpoints(mesh: &Mesh) {
+fn print_endpoints(ready: &ReadyInfo) {
     println!("{:<24} {:<28} SIDECAR ADMIN", "WORKLOAD", "APP");
     println!(
         "{:<24} {:<28} {}",
-        "istio-ingressgateway", mesh.ready.ingress, mesh.ready.ingress_admin
+        "istio-ingressgateway", ready.ingress, ready.ingress_admin
     );
-    for (name, urls) in &mesh.ready.workloads {
+    for (name, urls) in &ready.workloads {
         println!("{:<24} {:<28} {}", name, urls.app, urls.sidecar_admin);
     }
-    if let Some(url) = &mesh.ready.prometheus {
+    if let Some(url) = &ready.prometheus {
         println!("{:<24} {url}", "prometheus");
     }
 }
