@@ -26,6 +26,8 @@ pub struct ComposeProject {
     /// Each image variable of the compose file with its default
     /// (`ENVOY_IMAGE`, `ORDER_IMAGE`, ...).
     pub image_variables: BTreeMap<String, String>,
+    /// Each app image variable with the order-app binary its image runs.
+    pub app_binaries: BTreeMap<String, String>,
 }
 
 /// Translates the manifests of `options` into a compose project in
@@ -40,6 +42,11 @@ pub fn write_project(options: &MeshOptions) -> Result<ComposeProject> {
     };
     let plan = MeshPlan::new(&mesh::load_resources(&options)?, &options)?;
     let (services, image_variables) = services(&plan, &dir);
+    let app_binaries = plan
+        .apps
+        .iter()
+        .map(|app| (image_variable(&app.binary), app.binary.clone()))
+        .collect();
     let file = dir.join(COMPOSE_FILE);
     let text = format!(
         "# Written by `mesh compose` from {}; see the README's \"Without Kubernetes, with Docker\".\n{}",
@@ -56,6 +63,7 @@ pub fn write_project(options: &MeshOptions) -> Result<ComposeProject> {
         file,
         ready,
         image_variables,
+        app_binaries,
     })
 }
 
@@ -66,7 +74,7 @@ fn services(plan: &MeshPlan, dir: &Path) -> (Map<String, Value>, BTreeMap<String
         DEFAULT_ENVOY_IMAGE.to_owned(),
     )]);
     for app in &plan.apps {
-        let variable = format!("{}_IMAGE", app.binary.to_uppercase().replace('-', "_"));
+        let variable = image_variable(&app.binary);
         let environment: Map<String, Value> = app
             .env
             .iter()
@@ -101,6 +109,11 @@ fn services(plan: &MeshPlan, dir: &Path) -> (Map<String, Value>, BTreeMap<String
         );
     }
     (services, image_variables)
+}
+
+/// `ORDER_IMAGE` for the order app.
+fn image_variable(binary: &str) -> String {
+    format!("{}_IMAGE", binary.to_uppercase().replace('-', "_"))
 }
 
 /// Compose interpolates `$` in every value; `$$` is a literal `$`.
