@@ -33,6 +33,9 @@ impl Docker {
         if docker.answers() {
             return Ok(docker);
         }
+        if Command::new("dockerd").arg("--version").output().is_err() {
+            bail!("no engine answers and there is no dockerd on PATH (Debian's docker.io)");
+        }
         std::fs::create_dir_all(state_dir)?;
         let socket = state_dir.join("docker.sock");
         docker.host = Some(format!("unix://{}", socket.display()));
@@ -50,8 +53,7 @@ impl Docker {
                 .arg(format!("--storage-driver={storage_driver}"))
                 .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
                 .arg("--ip-masq=false");
-            let mut daemon = Supervised::spawn("dockerd", command, state_dir)
-                .context("cannot start dockerd (Debian's docker.io)")?;
+            let mut daemon = Supervised::spawn("dockerd", command, state_dir)?;
             let deadline = Instant::now() + Duration::from_secs(60);
             while daemon.exited().is_none() && Instant::now() < deadline {
                 if docker.answers() {

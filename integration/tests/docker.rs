@@ -26,12 +26,11 @@ fn compose_project_runs_the_mesh_on_docker() {
     let docker = match Docker::connect_or_start(&state.join("engine")) {
         Ok(docker) => docker,
         Err(err) => {
+            eprintln!("no Docker engine: {err:#}");
             skip::skip(
                 TEST,
-                "a Docker engine",
-                &format!(
-                    "run `make docker-test` as root, which installs Debian's docker.io ({err:#})"
-                ),
+                "Docker engine",
+                "`make docker-test` as root installs Debian's docker.io and starts dockerd",
             );
             return;
         }
