@@ -19,6 +19,8 @@ pub struct Docker {
     daemon: Option<Supervised>,
     /// `docker-compose` (MESHWASM_COMPOSE), else the `docker compose` plugin.
     compose: Option<PathBuf>,
+    /// The `--exec-root` of the daemon started here.
+    exec_root: PathBuf,
 }
 
 impl Docker {
@@ -29,6 +31,7 @@ impl Docker {
             host: std::env::var("DOCKER_HOST").ok(),
             daemon: None,
             compose: std::env::var_os("MESHWASM_COMPOSE").map(PathBuf::from),
+            exec_root: state_dir.join("exec"),
         };
         if docker.answers() {
             return Ok(docker);
@@ -45,7 +48,7 @@ impl Docker {
             command
                 .arg(format!("--host=unix://{}", socket.display()))
                 .arg(format!("--data-root={}", state_dir.join("data").display()))
-                .arg(format!("--exec-root={}", state_dir.join("exec").display()))
+                .arg(format!("--exec-root={}", docker.exec_root.display()))
                 .arg(format!(
                     "--pidfile={}",
                     state_dir.join("dockerd.pid").display()
@@ -134,6 +137,14 @@ impl Drop for Docker {
         if let Some(daemon) = &mut self.daemon {
             daemon.terminate();
             daemon.reap(Duration::from_secs(30));
+            // dockerd 20.10 leaves the host's network namespace bind-mounted
+            // in its exec root when it stops.
+            let netns = self.exec_root.join("netns/default");
+            if let Ok(path) = std::ffi::CString::new(netns.as_os_str().as_encoded_bytes()) {
+                // SAFETY: a plain syscall on a NUL-terminated path we own; it
+                // fails harmlessly when nothing is mounted there.
+                unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+            }
         }
     }
 }

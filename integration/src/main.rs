@@ -27,7 +27,7 @@ enum Command {
     /// translated config, one container per app, all on the host's network.
     Compose {
         #[command(flatten)]
-        run: RunArgs,
+        translate: TranslateArgs,
         /// Folder of the project (compose.yaml, Envoy configs, certificates, modules).
         #[arg(long, default_value = "mesh-compose")]
         out: PathBuf,
@@ -44,20 +44,15 @@ enum Command {
     },
 }
 
+/// What the translation of the manifests takes (`up`, `demo`, `compose`).
 #[derive(Args)]
-struct RunArgs {
+struct TranslateArgs {
     #[arg(long, default_value_os_t = MeshOptions::default().manifests)]
     manifests: PathBuf,
-    /// Envoy binary (default: the project's pinned Envoy, or MESHWASM_ENVOY).
-    #[arg(long, env = "MESHWASM_ENVOY")]
-    envoy: Option<PathBuf>,
     /// Folder with the built `<module>.wasm` files: pushed as `meshwasm/<module>` images into the
     /// mesh's registry, and served for https:// URLs.
     #[arg(long, env = "MESHWASM_DIST")]
     dist: Option<PathBuf>,
-    /// Folder with the order app's binaries.
-    #[arg(long, env = "MESHWASM_APP_BIN")]
-    app_bin: Option<PathBuf>,
     #[arg(long, default_value_t = 18080)]
     ingress_port: u16,
     /// Envoy worker threads per proxy.
@@ -67,6 +62,32 @@ struct RunArgs {
     /// 1.29 and 1.28 are end of life.
     #[arg(long, env = "MESHWASM_ISTIO_VERSION")]
     istio_version: Option<String>,
+}
+
+impl TranslateArgs {
+    fn options(self) -> MeshOptions {
+        let defaults = MeshOptions::default();
+        MeshOptions {
+            manifests: self.manifests,
+            dist: self.dist.unwrap_or(defaults.dist.clone()),
+            ingress_port: self.ingress_port,
+            concurrency: self.concurrency,
+            istio_version: self.istio_version.unwrap_or(defaults.istio_version.clone()),
+            ..defaults
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    translate: TranslateArgs,
+    /// Envoy binary (default: the project's pinned Envoy, or MESHWASM_ENVOY).
+    #[arg(long, env = "MESHWASM_ENVOY")]
+    envoy: Option<PathBuf>,
+    /// Folder with the order app's binaries.
+    #[arg(long, env = "MESHWASM_APP_BIN")]
+    app_bin: Option<PathBuf>,
     /// Also run Prometheus (Debian's `prometheus` on PATH, or MESHWASM_PROMETHEUS) scraping every
     /// Envoy, with the manifests' recording and alert rules; always on for `demo`.
     #[arg(long)]
@@ -78,15 +99,10 @@ struct RunArgs {
 
 impl RunArgs {
     fn options(self) -> MeshOptions {
-        let defaults = MeshOptions::default();
+        let defaults = self.translate.options();
         MeshOptions {
-            manifests: self.manifests,
             envoy: self.envoy.unwrap_or(defaults.envoy.clone()),
-            dist: self.dist.unwrap_or(defaults.dist.clone()),
             app_bin_dir: self.app_bin.unwrap_or(defaults.app_bin_dir.clone()),
-            ingress_port: self.ingress_port,
-            concurrency: self.concurrency,
-            istio_version: self.istio_version.unwrap_or(defaults.istio_version.clone()),
             prometheus: self.prometheus,
             ..defaults
         }
@@ -140,10 +156,10 @@ fn run(cli: Cli) -> Result<()> {
             println!("mesh stopped");
             Ok(())
         }
-        Command::Compose { run, out } => {
+        Command::Compose { translate, out } => {
             let project = compose::write_project(&MeshOptions {
                 run_dir: out,
-                ..run.options()
+                ..translate.options()
             })?;
             print_endpoints(&project.ready);
             println!("\nwrote {}; start it with", project.file.display());
