@@ -143,7 +143,13 @@ impl<'a> Running<'a> {
             images,
             down: false,
         };
-        docker::run(running.compose().args(["up", "--detach"])).unwrap();
+        // The images are built here: nothing may be pulled from a registry.
+        docker::run(
+            running
+                .compose()
+                .args(["up", "--detach", "--pull", "never"]),
+        )
+        .unwrap();
         running
     }
 
