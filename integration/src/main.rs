@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use meshwasm_integration::{demo, prometheus_server, resources, validate, Mesh, MeshOptions};
+use meshwasm_integration::{
+    compose, demo, prometheus_server, resources, validate, Mesh, MeshOptions, ReadyInfo,
+};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,6 +23,15 @@ enum Command {
     Up(RunArgs),
     /// Start the mesh, run the demo scenario, print what happened, stop.
     Demo(RunArgs),
+    /// Write the mesh as a Docker Compose project: one Envoy container per proxy with its
+    /// translated config, one container per app, all on the host's network.
+    Compose {
+        #[command(flatten)]
+        translate: TranslateArgs,
+        /// Folder of the project (compose.yaml, Envoy configs, certificates, modules).
+        #[arg(long, default_value = "mesh-compose")]
+        out: PathBuf,
+    },
     /// Print the manifests' Prometheus rule groups as a rules file (for promtool).
     Rules {
         #[arg(long, default_value_os_t = MeshOptions::default().manifests)]
@@ -33,20 +44,15 @@ enum Command {
     },
 }
 
+/// What the translation of the manifests takes (`up`, `demo`, `compose`).
 #[derive(Args)]
-struct RunArgs {
+struct TranslateArgs {
     #[arg(long, default_value_os_t = MeshOptions::default().manifests)]
     manifests: PathBuf,
-    /// Envoy binary (default: the project's pinned Envoy, or MESHWASM_ENVOY).
-    #[arg(long, env = "MESHWASM_ENVOY")]
-    envoy: Option<PathBuf>,
     /// Folder with the built `<module>.wasm` files: pushed as `meshwasm/<module>` images into the
     /// mesh's registry, and served for https:// URLs.
     #[arg(long, env = "MESHWASM_DIST")]
     dist: Option<PathBuf>,
-    /// Folder with the order app's binaries.
-    #[arg(long, env = "MESHWASM_APP_BIN")]
-    app_bin: Option<PathBuf>,
     #[arg(long, default_value_t = 18080)]
     ingress_port: u16,
     /// Envoy worker threads per proxy.
@@ -56,6 +62,32 @@ struct RunArgs {
     /// 1.29 and 1.28 are end of life.
     #[arg(long, env = "MESHWASM_ISTIO_VERSION")]
     istio_version: Option<String>,
+}
+
+impl TranslateArgs {
+    fn options(self) -> MeshOptions {
+        let defaults = MeshOptions::default();
+        MeshOptions {
+            manifests: self.manifests,
+            dist: self.dist.unwrap_or(defaults.dist.clone()),
+            ingress_port: self.ingress_port,
+            concurrency: self.concurrency,
+            istio_version: self.istio_version.unwrap_or(defaults.istio_version.clone()),
+            ..defaults
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    translate: TranslateArgs,
+    /// Envoy binary (default: the project's pinned Envoy, or MESHWASM_ENVOY).
+    #[arg(long, env = "MESHWASM_ENVOY")]
+    envoy: Option<PathBuf>,
+    /// Folder with the order app's binaries.
+    #[arg(long, env = "MESHWASM_APP_BIN")]
+    app_bin: Option<PathBuf>,
     /// Also run Prometheus (Debian's `prometheus` on PATH, or MESHWASM_PROMETHEUS) scraping every
     /// Envoy, with the manifests' recording and alert rules; always on for `demo`.
     #[arg(long)]
@@ -67,15 +99,10 @@ struct RunArgs {
 
 impl RunArgs {
     fn options(self) -> MeshOptions {
-        let defaults = MeshOptions::default();
+        let defaults = self.translate.options();
         MeshOptions {
-            manifests: self.manifests,
             envoy: self.envoy.unwrap_or(defaults.envoy.clone()),
-            dist: self.dist.unwrap_or(defaults.dist.clone()),
             app_bin_dir: self.app_bin.unwrap_or(defaults.app_bin_dir.clone()),
-            ingress_port: self.ingress_port,
-            concurrency: self.concurrency,
-            istio_version: self.istio_version.unwrap_or(defaults.istio_version.clone()),
             prometheus: self.prometheus,
             ..defaults
         }
@@ -107,7 +134,7 @@ fn run(cli: Cli) -> Result<()> {
             let ready_file = args.ready_file.clone();
             let stop = stop_flag()?;
             let mut mesh = Mesh::start(args.options())?;
-            print_endpoints(&mesh);
+            print_endpoints(&mesh.ready);
             if let Some(path) = ready_file {
                 std::fs::write(&path, serde_json::to_vec_pretty(&mesh.ready)?)
                     .with_context(|| format!("cannot write {}", path.display()))?;
@@ -129,6 +156,20 @@ fn run(cli: Cli) -> Result<()> {
             println!("mesh stopped");
             Ok(())
         }
+        Command::Compose { translate, out } => {
+            let project = compose::write_project(&MeshOptions {
+                run_dir: out,
+                ..translate.options()
+            })?;
+            print_endpoints(&project.ready);
+            println!("\nwrote {}; start it with", project.file.display());
+            println!("  docker compose -f {} up", project.file.display());
+            println!("images (set the variable to use another):");
+            for (variable, default) in &project.image_variables {
+                println!("  {variable:<18} {default}");
+            }
+            Ok(())
+        }
         Command::Rules { manifests } => {
             print!(
                 "{}",
@@ -141,7 +182,7 @@ fn run(cli: Cli) -> Result<()> {
                 prometheus: true,
                 ..args.options()
             })?;
-            print_endpoints(&mesh);
+            print_endpoints(&mesh.ready);
             demo::run(&mesh)
         }
     }
@@ -156,16 +197,16 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-fn print_endpoints(mesh: &Mesh) {
+fn print_endpoints(ready: &ReadyInfo) {
     println!("{:<24} {:<28} SIDECAR ADMIN", "WORKLOAD", "APP");
     println!(
         "{:<24} {:<28} {}",
-        "istio-ingressgateway", mesh.ready.ingress, mesh.ready.ingress_admin
+        "istio-ingressgateway", ready.ingress, ready.ingress_admin
     );
-    for (name, urls) in &mesh.ready.workloads {
+    for (name, urls) in &ready.workloads {
         println!("{:<24} {:<28} {}", name, urls.app, urls.sidecar_admin);
     }
-    if let Some(url) = &mesh.ready.prometheus {
+    if let Some(url) = &ready.prometheus {
         println!("{:<24} {url}", "prometheus");
     }
 }

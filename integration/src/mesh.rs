@@ -118,6 +118,62 @@ pub struct Mesh {
     secrets: Vec<Resource>,
 }
 
+/// The manifests folder with [`MeshOptions::extra_manifests`] applied over it.
+pub fn load_resources(options: &MeshOptions) -> Result<Vec<Resource>> {
+    let mut resources = resources::load_dir(&options.manifests)?;
+    let mut extra = Vec::new();
+    for (index, text) in options.extra_manifests.iter().enumerate() {
+        extra.extend(resources::parse_documents(
+            &format!("extra manifest {}", index + 1),
+            text,
+            0,
+        )?);
+    }
+    resources::overlay(&mut resources, extra);
+    Ok(resources)
+}
+
+/// Everything the mesh runs, translated from the manifests with its ports
+/// decided and its files (Envoy configs, ECDS, certificates, fetched modules)
+/// written under the run dir, before anything starts: [`Mesh`] runs it as
+/// local processes, `compose` writes it as a Docker Compose project.
+pub struct MeshPlan {
+    pub ready: ReadyInfo,
+    pub apps: Vec<AppLaunch>,
+    pub envoys: Vec<EnvoyLaunch>,
+    pub warnings: Vec<String>,
+    /// Every proxy's admin port with its pod's labels, for Prometheus.
+    pub scrape_targets: Vec<ScrapeTarget>,
+    pub istio_release: IstioRelease,
+    ecds_dir: PathBuf,
+    modules: ModuleStore,
+    registry: Registry,
+    file_server: FileServer,
+    secrets: Vec<Resource>,
+}
+
+/// One workload's app, as its sidecar expects it.
+#[derive(Debug, Clone)]
+pub struct AppLaunch {
+    /// The workload (`order-v1`).
+    pub workload: String,
+    /// Its Deployment's container image (`ghcr.io/meshwasm/order:0.1.0`).
+    pub image: String,
+    /// The binary of `MESHWASM_APP_BIN` the local mesh runs for that image.
+    pub binary: String,
+    /// The container's env, then where the sidecar intercepts: the app's port
+    /// and its outbound listener as HTTP proxy (what iptables does in a pod).
+    pub env: Vec<(String, String)>,
+}
+
+/// One Envoy: its process name (`order-v1.sidecar`, `istio-ingressgateway`)
+/// and the arguments after the binary (`-c <run dir>/<name>.envoy.json ...`).
+#[derive(Debug, Clone)]
+pub struct EnvoyLaunch {
+    pub name: String,
+    pub args: Vec<String>,
+}
+
 struct SidecarPorts {
     app: u16,
     inbound: u16,
@@ -125,30 +181,8 @@ struct SidecarPorts {
     admin: u16,
 }
 
-impl Mesh {
-    pub fn start(options: MeshOptions) -> Result<Self> {
-        let mut resources = resources::load_dir(&options.manifests)?;
-        let mut extra = Vec::new();
-        for (index, text) in options.extra_manifests.iter().enumerate() {
-            extra.extend(resources::parse_documents(
-                &format!("extra manifest {}", index + 1),
-                text,
-                0,
-            )?);
-        }
-        resources::overlay(&mut resources, extra);
-        Self::start_resources(&resources, &options)
-    }
-
-    fn start_resources(resources: &[Resource], options: &MeshOptions) -> Result<Self> {
-        for tool in [&options.envoy] {
-            if !tool.is_file() {
-                bail!(
-                    "Envoy not found at {} (run `make envoy`, or set MESHWASM_ENVOY)",
-                    tool.display()
-                );
-            }
-        }
+impl MeshPlan {
+    pub fn new(resources: &[Resource], options: &MeshOptions) -> Result<Self> {
         let topology = Topology::from_resources(resources)?;
         let traffic = TrafficConfig::from_resources(resources)?;
         let istio_release = IstioRelease::parse(&options.istio_version)?;
@@ -215,22 +249,22 @@ impl Mesh {
             )
         };
 
-        let mut mesh = Self {
+        let mut plan = Self {
             ready: ReadyInfo {
                 ingress: format!("http://127.0.0.1:{ingress_port}"),
                 ingress_admin: format!("http://127.0.0.1:{gateway_admin}"),
                 workloads: BTreeMap::new(),
                 prometheus: None,
             },
-            run_dir: options.run_dir.clone(),
+            apps: Vec::new(),
+            envoys: Vec::new(),
             warnings,
-            processes: Vec::new(),
+            scrape_targets: Vec::new(),
+            istio_release,
             ecds_dir: ecds_dir.clone(),
             modules,
-            ecds_version: 1,
-            istio_release,
             registry,
-            _file_server: file_server,
+            file_server,
             secrets: resources
                 .iter()
                 .filter(|r| r.kind == "Secret")
@@ -243,7 +277,7 @@ impl Mesh {
                 &certs_dir.join(&workload.name),
                 &ca::spiffe_id(&workload.namespace, &workload.service_account),
             )?;
-            let plan = ProxyPlan {
+            let proxy = ProxyPlan {
                 name: &workload.name,
                 namespace: &workload.namespace,
                 labels: &workload.labels,
@@ -258,68 +292,192 @@ impl Mesh {
                     service_port,
                 },
             };
-            let config = bootstrap::bootstrap(&mesh_config, &plan, &address_of)?;
-            mesh.start_app(workload, ports, options)?;
-            mesh.start_envoy(&format!("{}.sidecar", workload.name), &config, options)?;
-            mesh.ready.workloads.insert(
+            let config = bootstrap::bootstrap(&mesh_config, &proxy, &address_of)?;
+            let outbound_proxy = format!("http://127.0.0.1:{}", ports.outbound);
+            let mut env = workload.env.clone();
+            env.extend([
+                ("PORT".to_owned(), ports.app.to_string()),
+                ("BIND_ADDR".to_owned(), "127.0.0.1".to_owned()),
+                ("HTTP_PROXY".to_owned(), outbound_proxy.clone()),
+                ("http_proxy".to_owned(), outbound_proxy),
+            ]);
+            plan.apps.push(AppLaunch {
+                workload: workload.name.clone(),
+                image: workload.image.clone(),
+                binary: workload.binary.clone(),
+                env,
+            });
+            plan.add_envoy(&format!("{}.sidecar", workload.name), &config, options)?;
+            plan.ready.workloads.insert(
                 workload.name.clone(),
                 WorkloadUrls {
                     app: format!("http://127.0.0.1:{}", ports.app),
                     sidecar_admin: format!("http://127.0.0.1:{}", ports.admin),
                 },
             );
+            plan.scrape_targets.push(ScrapeTarget::pod(
+                &workload.namespace,
+                &workload.name,
+                &workload.labels,
+                ports.admin,
+            ));
         }
-        if let Some(gateway) = &topology.gateway {
-            let service_account = "istio-ingressgateway-service-account";
-            let identity = mesh_ca.write_identity(
-                &certs_dir.join(&gateway.name),
-                &ca::spiffe_id(&gateway.namespace, service_account),
-            )?;
-            let plan = ProxyPlan {
-                name: &gateway.name,
-                namespace: &gateway.namespace,
-                labels: &gateway.labels,
-                service_account,
-                identity: &identity,
-                admin_port: gateway_admin,
-                role: ProxyRole::Gateway {
-                    listen_port: ingress_port,
-                    bound_gateways: &gateway.bound_gateways,
-                },
-            };
-            let config = bootstrap::bootstrap(&mesh_config, &plan, &address_of)?;
-            mesh.start_envoy(&gateway.name, &config, options)?;
-        } else {
+        let Some(gateway) = &topology.gateway else {
             bail!("no Gateway selects the ingress gateway (`istio: ingressgateway`); the mesh has no entry point");
-        }
+        };
+        let service_account = "istio-ingressgateway-service-account";
+        let identity = mesh_ca.write_identity(
+            &certs_dir.join(&gateway.name),
+            &ca::spiffe_id(&gateway.namespace, service_account),
+        )?;
+        let proxy = ProxyPlan {
+            name: &gateway.name,
+            namespace: &gateway.namespace,
+            labels: &gateway.labels,
+            service_account,
+            identity: &identity,
+            admin_port: gateway_admin,
+            role: ProxyRole::Gateway {
+                listen_port: ingress_port,
+                bound_gateways: &gateway.bound_gateways,
+            },
+        };
+        let config = bootstrap::bootstrap(&mesh_config, &proxy, &address_of)?;
+        plan.add_envoy(&gateway.name, &config, options)?;
+        plan.scrape_targets.push(ScrapeTarget::pod(
+            &gateway.namespace,
+            &gateway.name,
+            &gateway.labels,
+            gateway_admin,
+        ));
         eprintln!(
             "mesh: emulating Istio {istio_release} (istiod's names and defaults; {} picks another)",
             IstioRelease::ENV
         );
         eprintln!("mesh: {published}");
-        for line in &mesh.warnings {
+        for line in &plan.warnings {
             eprintln!("mesh: {line}");
+        }
+        Ok(plan)
+    }
+
+    /// Writes the proxy's config as `<run dir>/<name>.envoy.json`.
+    fn add_envoy(
+        &mut self,
+        name: &str,
+        config: &serde_json::Value,
+        options: &MeshOptions,
+    ) -> Result<()> {
+        let path = options.run_dir.join(format!("{name}.envoy.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(config)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let args = [
+            "-c",
+            &path.display().to_string(),
+            "--concurrency",
+            &options.concurrency.to_string(),
+            "--log-level",
+            &options.envoy_log_level,
+            "--disable-hot-restart",
+            "--drain-time-s",
+            "1",
+        ];
+        self.envoys.push(EnvoyLaunch {
+            name: name.to_owned(),
+            args: args.map(str::to_owned).to_vec(),
+        });
+        Ok(())
+    }
+}
+
+/// Polls every proxy's `/ready` and every app's `/healthz` until each answers
+/// 200. While one does not, `check(process name, timed out)` may fail early
+/// (its process exited) and, once `timeout` has passed, says what it knows.
+pub fn wait_until_ready(
+    ready: &ReadyInfo,
+    timeout: Duration,
+    mut check: impl FnMut(&str, bool) -> Result<()>,
+) -> Result<()> {
+    let mut probes = vec![(
+        format!("{}/ready", ready.ingress_admin),
+        crate::topology::INGRESS_NAME.to_owned(),
+    )];
+    for (name, urls) in &ready.workloads {
+        probes.push((
+            format!("{}/ready", urls.sidecar_admin),
+            format!("{name}.sidecar"),
+        ));
+        probes.push((format!("{}/healthz", urls.app), format!("{name}.app")));
+    }
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .http_status_as_error(false)
+            .build(),
+    );
+    let deadline = Instant::now() + timeout;
+    for (url, process_name) in probes {
+        while !agent
+            .get(&url)
+            .call()
+            .is_ok_and(|response| response.status() == 200)
+        {
+            let timed_out = Instant::now() > deadline;
+            check(&process_name, timed_out)
+                .with_context(|| format!("{process_name} not ready at {url}"))?;
+            if timed_out {
+                bail!("{process_name} not ready at {url} after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+impl Mesh {
+    pub fn start(options: MeshOptions) -> Result<Self> {
+        Self::start_resources(&load_resources(&options)?, &options)
+    }
+
+    fn start_resources(resources: &[Resource], options: &MeshOptions) -> Result<Self> {
+        if !options.envoy.is_file() {
+            bail!(
+                "Envoy not found at {} (run `make envoy`, or set MESHWASM_ENVOY)",
+                options.envoy.display()
+            );
+        }
+        let plan = MeshPlan::new(resources, options)?;
+        let mut mesh = Self {
+            ready: plan.ready,
+            run_dir: options.run_dir.clone(),
+            warnings: plan.warnings,
+            processes: Vec::new(),
+            ecds_dir: plan.ecds_dir,
+            modules: plan.modules,
+            ecds_version: 1,
+            istio_release: plan.istio_release,
+            registry: plan.registry,
+            _file_server: plan.file_server,
+            secrets: plan.secrets,
+        };
+        for app in &plan.apps {
+            mesh.start_app(app, options)?;
+        }
+        for envoy in &plan.envoys {
+            let mut command = Command::new(&options.envoy);
+            command.args(&envoy.args);
+            let process = Supervised::spawn(&envoy.name, command, &mesh.run_dir)?;
+            mesh.processes.push(process);
         }
         mesh.wait_ready(options.ready_timeout)?;
         if options.prometheus {
-            let mut targets: Vec<ScrapeTarget> = topology
-                .workloads
-                .iter()
-                .map(|w| {
-                    ScrapeTarget::pod(&w.namespace, &w.name, &w.labels, sidecars[&w.name].admin)
-                })
-                .collect();
-            if let Some(gateway) = &topology.gateway {
-                targets.push(ScrapeTarget::pod(
-                    &gateway.namespace,
-                    &gateway.name,
-                    &gateway.labels,
-                    gateway_admin,
-                ));
-            }
             let groups = prometheus_server::rule_groups(resources)?;
-            let (process, api) =
-                prometheus_server::start(&targets, &groups, &mesh.run_dir, options.ready_timeout)?;
+            let (process, api) = prometheus_server::start(
+                &plan.scrape_targets,
+                &groups,
+                &mesh.run_dir,
+                options.ready_timeout,
+            )?;
             mesh.processes.push(process);
             mesh.ready.prometheus = Some(api.url);
         }
@@ -336,15 +494,10 @@ impl Mesh {
         Ok(Prometheus::new(url))
     }
 
-    fn start_app(
-        &mut self,
-        workload: &Workload,
-        ports: &SidecarPorts,
-        options: &MeshOptions,
-    ) -> Result<()> {
-        let binary = options.app_bin_dir.join(&workload.binary);
+    fn start_app(&mut self, app: &AppLaunch, options: &MeshOptions) -> Result<()> {
+        let binary = options.app_bin_dir.join(&app.binary);
         if !binary.is_file() {
-            bail!("{}: app binary {} not found (build it with `cargo build -p order-app`, or set MESHWASM_APP_BIN)", workload.name, binary.display());
+            bail!("{}: app binary {} not found (build it with `cargo build -p order-app`, or set MESHWASM_APP_BIN)", app.workload, binary.display());
         }
         let mut command = Command::new(&binary);
         command.env_clear();
@@ -353,85 +506,30 @@ impl Mesh {
                 command.env(key, value);
             }
         }
-        command.envs(workload.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        // The sidecar intercepts: inbound traffic reaches the app on its port,
-        // outbound calls go through the sidecar as iptables would send them.
-        command
-            .env("PORT", ports.app.to_string())
-            .env("BIND_ADDR", "127.0.0.1")
-            .env("HTTP_PROXY", format!("http://127.0.0.1:{}", ports.outbound))
-            .env("http_proxy", format!("http://127.0.0.1:{}", ports.outbound));
-        let process = Supervised::spawn(&format!("{}.app", workload.name), command, &self.run_dir)?;
-        self.processes.push(process);
-        Ok(())
-    }
-
-    fn start_envoy(
-        &mut self,
-        name: &str,
-        config: &serde_json::Value,
-        options: &MeshOptions,
-    ) -> Result<()> {
-        let path = self.run_dir.join(format!("{name}.envoy.json"));
-        std::fs::write(&path, serde_json::to_vec_pretty(config)?)?;
-        let mut command = Command::new(&options.envoy);
-        command
-            .arg("-c")
-            .arg(&path)
-            .args(["--concurrency", &options.concurrency.to_string()])
-            .args(["--log-level", &options.envoy_log_level])
-            .arg("--disable-hot-restart")
-            .args(["--drain-time-s", "1"]);
-        let process = Supervised::spawn(name, command, &self.run_dir)?;
+        command.envs(app.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let process = Supervised::spawn(&format!("{}.app", app.workload), command, &self.run_dir)?;
         self.processes.push(process);
         Ok(())
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let mut probes: Vec<(String, String)> = vec![(
-            self.ready.ingress_admin.clone() + "/ready",
-            "istio-ingressgateway".to_owned(),
-        )];
-        for (name, urls) in &self.ready.workloads {
-            probes.push((
-                format!("{}/ready", urls.sidecar_admin),
-                format!("{name}.sidecar"),
-            ));
-            probes.push((format!("{}/healthz", urls.app), format!("{name}.app")));
-        }
-        let agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(2)))
-                .http_status_as_error(false)
-                .build(),
-        );
-        let deadline = Instant::now() + timeout;
-        for (url, process_name) in probes {
-            loop {
-                if let Some(process) = self.processes.iter_mut().find(|p| p.name == process_name) {
-                    if let Some(status) = process.exited() {
-                        bail!("{process_name} exited ({status}) before it was ready; its log ({}):\n{}", process.log.display(), process.log_tail(40));
-                    }
-                }
-                if agent
-                    .get(&url)
-                    .call()
-                    .is_ok_and(|response| response.status() == 200)
-                {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let tail = self
-                        .processes
-                        .iter()
-                        .find(|p| p.name == process_name)
-                        .map(|p| p.log_tail(40))
-                        .unwrap_or_default();
-                    bail!("{process_name} not ready at {url} after {timeout:?}; its log:\n{tail}");
-                }
-                std::thread::sleep(Duration::from_millis(100));
+        let processes = &mut self.processes;
+        wait_until_ready(&self.ready, timeout, |process_name, timed_out| {
+            let Some(process) = processes.iter_mut().find(|p| p.name == process_name) else {
+                return Ok(());
+            };
+            if let Some(status) = process.exited() {
+                bail!(
+                    "{process_name} exited ({status}) before it was ready; its log ({}):\n{}",
+                    process.log.display(),
+                    process.log_tail(40)
+                );
             }
-        }
+            if timed_out {
+                bail!("its log:\n{}", process.log_tail(40));
+            }
+            Ok(())
+        })?;
         // Such an Envoy answers /ready, then rejects every wasm plugin.
         for process in &self.processes {
             let log = std::fs::read_to_string(&process.log).unwrap_or_default();

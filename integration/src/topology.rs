@@ -19,6 +19,8 @@ pub struct Workload {
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
+    /// The container image (`ghcr.io/meshwasm/order:0.1.0`).
+    pub image: String,
     /// The app binary: the last path segment of the container image.
     pub binary: String,
     pub container_port: u16,
@@ -229,6 +231,7 @@ fn workload(resource: &Resource) -> Result<Workload> {
             .service_account_name
             .clone()
             .unwrap_or_else(|| "default".to_owned()),
+        image: container.image.clone(),
         binary,
         container_port,
         env,
