@@ -156,6 +156,46 @@ def sample(envoy, requests, elapsed):
     }
 
 
+# Counters that show the mix did what it is for: breaker trips and
+# recoveries, keys past max_keys, tenants folded into `other`, token cache
+# hits and misses.
+FILTER_COUNTERS = (
+    "meshwasm_breaker_trips_total",
+    "meshwasm_breaker_half_open_probes_total",
+    "meshwasm_breaker_untracked_total",
+    "meshwasm_telemetry_folded_values_total",
+    "meshwasm_authz_token_cache_total",
+)
+
+
+def filter_counters(envoy):
+    """Each of FILTER_COUNTERS summed over its tags, split by `result` when it has one."""
+    totals = {}
+    text = admin_text(envoy, "/stats?filter=" + "|".join(FILTER_COUNTERS))
+    for line in text.splitlines():
+        name, _, value = line.rpartition(": ")
+        metric = next((m for m in FILTER_COUNTERS if name.endswith(m)), None)
+        if metric is None or not value.strip().isdigit():
+            continue
+        result = re.search(r"result=\.=([a-z]+);", name)
+        key = f"{metric}{{result={result.group(1)}}}" if result else metric
+        totals[key] = totals.get(key, 0) + int(value)
+    return totals
+
+
+def series_by_family(envoy, top=8):
+    """The metric families with the most series in /stats/prometheus."""
+    counts = {}
+    for line in admin_text(envoy, "/stats/prometheus").splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("{")[0].split(" ")[0]
+            # Without tag extraction rules, a filter metric's tags are part of its name.
+            name = name[name.index("meshwasm_"):] if "meshwasm_" in name else name
+            family = re.sub(r"_(bucket|sum|count)$", "", name)
+            counts[family] = counts.get(family, 0) + 1
+    return sorted(counts.items(), key=lambda item: -item[1])[:top]
+
+
 def run_segment(loadgen, envoy, mix, first, count, rate, connections, tokens_file):
     seconds = count / rate
     argv = [
@@ -305,6 +345,9 @@ def soak(args, envoy_binary, settings, workdir):
             samples[1:], settings["requests"] * settings["warmup_percent"] / 100, settings["margin_mb"], kinds,
             transport_errors,
         )
+        counters = filter_counters(envoy)
+        findings.append("filter counters: " + ", ".join(f"{name} {value:,}" for name, value in sorted(counters.items())))
+        findings.append("most series: " + ", ".join(f"{family} {count:,}" for family, count in series_by_family(envoy)))
         crashes = [line for line in envoy.log_path.read_text(errors="replace").splitlines()
                    if "panicked" in line or "RuntimeError" in line]
         if crashes:
