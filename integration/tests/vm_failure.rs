@@ -1,0 +1,191 @@
+//! End to end: what each WasmPlugin `failStrategy` does when a filter's VM
+//! crashes at run time. A test-only module (`integration/trap-filter`, built
+//! by `make test-e2e`, never shipped) traps on a request carrying `x-trap`
+//! and otherwise answers `x-trap-filter-served: <requests this VM served>`.
+//! It runs first on the ingress gateway (one worker, so every request meets
+//! the same VM):
+//!
+//! - FAIL_CLOSE (Envoy FAIL_CLOSED): the crashing request and every later
+//!   one fail with 503;
+//! - FAIL_OPEN: later requests pass without the filter;
+//! - FAIL_RELOAD (Istio 1.27+): Envoy starts a new VM and the filter serves
+//!   again, counting from 1.
+//!
+//! Plugins that share a VM (same module, no `vm_id`: the combined module's
+//! four filters) share its crash: a FAIL_CLOSE plugin next to a crashing
+//! FAIL_OPEN one fails closed.
+//!
+//! Run: `cargo build --profile wasm-release --target wasm32-wasip1 -p test-trap-filter`, then
+//! `MESHWASM_ENVOY=... MESHWASM_DIST=... cargo test -p meshwasm-integration --test vm_failure -- --test-threads 1`
+
+use meshwasm_integration::http::{self, Response};
+use meshwasm_integration::mesh::repo_root;
+use meshwasm_integration::{Mesh, MeshOptions};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const SERVED: &str = "x-trap-filter-served";
+/// Live V8 VMs of the proxy (as in tests/suite.rs).
+const V8_CREATED: &str = "wasm.envoy.wasm.runtime.v8.created";
+const INGRESS: &str = "istio-ingressgateway";
+
+/// The trap module, from `MESHWASM_TRAP_WASM` or the workspace's wasm build.
+fn trap_module() -> PathBuf {
+    let path = std::env::var_os("MESHWASM_TRAP_WASM").map_or_else(
+        || repo_root().join("target/wasm32-wasip1/wasm-release/test_trap_filter.wasm"),
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "{} missing: `cargo build --profile wasm-release --target wasm32-wasip1 -p test-trap-filter` \
+         (make test-e2e builds it)",
+        path.display()
+    );
+    path
+}
+
+/// A WasmPlugin of the trap module on the ingress gateway, first in its chain.
+fn trap_plugin(name: &str, fail_strategy: &str, priority: i32) -> String {
+    format!(
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: {name}, namespace: istio-system}}\n\
+         spec:\n  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  url: file://{}\n  phase: AUTHN\n  \
+         priority: {priority}\n  failStrategy: {fail_strategy}\n",
+        trap_module().display()
+    )
+}
+
+fn start(plugins: &[String]) -> Mesh {
+    let options = MeshOptions {
+        extra_manifests: plugins.to_vec(),
+        concurrency: 1,
+        ..MeshOptions::default()
+    };
+    Mesh::start(options).unwrap_or_else(|err| panic!("mesh did not start: {err:#}"))
+}
+
+fn healthz(mesh: &Mesh, trap: bool) -> Response {
+    let headers: &[(&str, &str)] = if trap { &[("x-trap", "1")] } else { &[] };
+    http::get(
+        &http::agent(),
+        &format!("{}/healthz", mesh.ready.ingress),
+        headers,
+    )
+    .unwrap()
+}
+
+/// Status and `x-trap-filter-served` of a response, for assertions.
+fn seen(response: &Response) -> (u16, Option<&str>) {
+    (response.status, response.header(SERVED))
+}
+
+/// The crash as the gateway's log records it.
+fn assert_crash_logged(mesh: &Mesh) {
+    let log = mesh.log(INGRESS);
+    assert!(
+        log.lines()
+            .any(|line| line.contains("unreachable") || line.contains("RuntimeError")),
+        "no VM crash in the gateway's log"
+    );
+}
+
+/// Crashes the VM and returns what the crashing request got.
+fn crash(mesh: &Mesh) -> Response {
+    assert_eq!(seen(&healthz(mesh, false)), (200, Some("1")), "before");
+    let crashed = healthz(mesh, true);
+    assert_crash_logged(mesh);
+    crashed
+}
+
+#[test]
+fn fail_close_keeps_failing_after_a_crash() {
+    let mesh = start(&[trap_plugin("trap", "FAIL_CLOSE", 1000)]);
+    let crashed = crash(&mesh);
+    assert_eq!(
+        crashed.status, 503,
+        "the crashing request: {}",
+        crashed.body
+    );
+    for attempt in 0..5 {
+        let after = healthz(&mesh, false);
+        assert_eq!(
+            seen(&after),
+            (503, None),
+            "request {attempt} after the crash: {}",
+            after.body
+        );
+    }
+}
+
+#[test]
+fn fail_open_passes_without_the_filter_after_a_crash() {
+    let mesh = start(&[trap_plugin("trap", "FAIL_OPEN", 1000)]);
+    let crashed = crash(&mesh);
+    eprintln!("FAIL_OPEN: the crashing request got {}", crashed.status);
+    for attempt in 0..5 {
+        let after = healthz(&mesh, false);
+        assert_eq!(
+            seen(&after),
+            (200, None),
+            "request {attempt} after the crash"
+        );
+    }
+}
+
+/// Polls until a fresh VM serves (its first request); returns the statuses
+/// seen until then.
+fn await_fresh_vm(mesh: &Mesh) -> Vec<u16> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answers = Vec::new();
+    loop {
+        let after = healthz(mesh, false);
+        answers.push(after.status);
+        if seen(&after) == (200, Some("1")) {
+            return answers;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reloaded VM served within 30 s; answers after the crash: {answers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn fail_reload_serves_again_from_a_new_vm() {
+    let mesh = start(&[trap_plugin("trap", "FAIL_RELOAD", 1000)]);
+    let vms_before = mesh.stat(INGRESS, V8_CREATED).unwrap();
+    let crashed = crash(&mesh);
+    let answers = await_fresh_vm(&mesh);
+    eprintln!(
+        "FAIL_RELOAD: the crashing request got {}, then {answers:?} until the new VM served",
+        crashed.status
+    );
+    let vms_after = mesh.stat(INGRESS, V8_CREATED).unwrap();
+    assert!(
+        vms_after > vms_before,
+        "no new VM ({vms_before} created before, {vms_after} after)"
+    );
+    // A second crash reloads again.
+    assert_eq!(healthz(&mesh, true).status, crashed.status);
+    await_fresh_vm(&mesh);
+}
+
+#[test]
+fn plugins_sharing_a_vm_share_its_crash() {
+    // Same module and VM config, no vm_id: one VM (as the combined module's
+    // filters). The crashing plugin fails open, its neighbour fails closed.
+    let mesh = start(&[
+        trap_plugin("trap", "FAIL_OPEN", 1000),
+        trap_plugin("neighbour", "FAIL_CLOSE", 999),
+    ]);
+    assert_eq!(healthz(&mesh, false).status, 200);
+    healthz(&mesh, true);
+    assert_crash_logged(&mesh);
+    let after = healthz(&mesh, false);
+    assert_eq!(
+        seen(&after),
+        (503, None),
+        "the FAIL_CLOSE neighbour of the crashed VM: {}",
+        after.body
+    );
+}
