@@ -200,7 +200,7 @@ def run_segment(loadgen, envoy, mix, first, count, rate, connections, tokens_fil
     seconds = count / rate
     argv = [
         str(loadgen), "--port", str(envoy.listen_port), "--rate", str(rate),
-        "--connections", str(connections), "--duration", f"{seconds:.3f}",
+        "--connections", str(connections), "--duration", f"{seconds:.6f}",
         "--requests-file", str(mix), "--first", str(first), "--tokens-file", str(tokens_file),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
