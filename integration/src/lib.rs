@@ -14,6 +14,7 @@ pub mod ca;
 pub mod demo;
 pub mod http;
 pub mod istio;
+pub mod jwks_server;
 pub mod mesh;
 pub mod oci;
 pub mod plugins;
@@ -27,6 +28,6 @@ pub mod skip;
 pub mod topology;
 pub mod traffic;
 
-pub use mesh::{Mesh, MeshOptions, ReadyInfo, WorkloadUrls};
+pub use mesh::{Mesh, MeshOptions, PluginPush, ReadyInfo, WorkloadUrls};
 
 pub mod validate;
