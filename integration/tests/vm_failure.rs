@@ -1,19 +1,21 @@
 //! End to end: what each WasmPlugin `failStrategy` does when a filter's VM
 //! crashes at run time. A test-only module (`integration/trap-filter`, built
 //! by `make test-e2e`, never shipped) traps on a request carrying `x-trap`
-//! and otherwise answers `x-trap-filter-served: <requests this VM served>`.
+//! and otherwise adds `x-trap-filter-served: <plugin>=<requests it served
+//! since its VM started>` to the answer.
 //! It runs first on the ingress gateway (one worker, so every request meets
 //! the same VM):
 //!
-//! - FAIL_CLOSE (Envoy FAIL_CLOSED): the crashing request and every later
-//!   one fail with 503;
+//! - the crashing request fails with 503 whatever the strategy;
+//! - FAIL_CLOSE (Envoy FAIL_CLOSED): every later request fails with 503;
 //! - FAIL_OPEN: later requests pass without the filter;
-//! - FAIL_RELOAD (Istio 1.27+): Envoy starts a new VM and the filter serves
-//!   again, counting from 1.
+//! - FAIL_RELOAD (Istio 1.27+): 503 until Envoy has started a new VM, then
+//!   the filter serves again, counting from 1.
 //!
 //! Plugins that share a VM (same module, no `vm_id`: the combined module's
 //! four filters) share its crash: a FAIL_CLOSE plugin next to a crashing
-//! FAIL_OPEN one fails closed.
+//! FAIL_OPEN one fails closed; a FAIL_RELOAD one gets a new VM of its own
+//! while the FAIL_OPEN one stays bypassed.
 //!
 //! Run: `cargo build --profile wasm-release --target wasm32-wasip1 -p test-trap-filter`, then
 //! `MESHWASM_ENVOY=... MESHWASM_DIST=... cargo test -p meshwasm-integration --test vm_failure -- --test-threads 1`
@@ -73,9 +75,20 @@ fn healthz(mesh: &Mesh, trap: bool) -> Response {
     .unwrap()
 }
 
-/// Status and `x-trap-filter-served` of a response, for assertions.
-fn seen(response: &Response) -> (u16, Option<&str>) {
-    (response.status, response.header(SERVED))
+/// Requests the plugin `name` (of istio-system) says it has served, if it
+/// saw this one.
+fn served(mesh: &Mesh, response: &Response, name: &str) -> Option<u64> {
+    let plugin = mesh.istio_release.plugin_name("istio-system", name);
+    response
+        .headers
+        .iter()
+        .filter(|(header, _)| header.eq_ignore_ascii_case(SERVED))
+        .find_map(|(_, value)| value.strip_prefix(&format!("{plugin}="))?.parse().ok())
+}
+
+/// Status and what the `trap` plugin served, for assertions.
+fn seen(mesh: &Mesh, response: &Response) -> (u16, Option<u64>) {
+    (response.status, served(mesh, response, "trap"))
 }
 
 /// The crash as the gateway's log records it.
@@ -88,27 +101,27 @@ fn assert_crash_logged(mesh: &Mesh) {
     );
 }
 
-/// Crashes the VM and returns what the crashing request got.
-fn crash(mesh: &Mesh) -> Response {
-    assert_eq!(seen(&healthz(mesh, false)), (200, Some("1")), "before");
+/// Crashes the VM. Whatever the strategy, the request it crashed in fails
+/// with 503.
+fn crash(mesh: &Mesh) {
+    assert_eq!(seen(mesh, &healthz(mesh, false)), (200, Some(1)), "before");
     let crashed = healthz(mesh, true);
-    assert_crash_logged(mesh);
-    crashed
-}
-
-#[test]
-fn fail_close_keeps_failing_after_a_crash() {
-    let mesh = start(&[trap_plugin("trap", "FAIL_CLOSE", 1000)]);
-    let crashed = crash(&mesh);
     assert_eq!(
         crashed.status, 503,
         "the crashing request: {}",
         crashed.body
     );
+    assert_crash_logged(mesh);
+}
+
+#[test]
+fn fail_close_keeps_failing_after_a_crash() {
+    let mesh = start(&[trap_plugin("trap", "FAIL_CLOSE", 1000)]);
+    crash(&mesh);
     for attempt in 0..5 {
         let after = healthz(&mesh, false);
         assert_eq!(
-            seen(&after),
+            seen(&mesh, &after),
             (503, None),
             "request {attempt} after the crash: {}",
             after.body
@@ -119,12 +132,11 @@ fn fail_close_keeps_failing_after_a_crash() {
 #[test]
 fn fail_open_passes_without_the_filter_after_a_crash() {
     let mesh = start(&[trap_plugin("trap", "FAIL_OPEN", 1000)]);
-    let crashed = crash(&mesh);
-    eprintln!("FAIL_OPEN: the crashing request got {}", crashed.status);
+    crash(&mesh);
     for attempt in 0..5 {
         let after = healthz(&mesh, false);
         assert_eq!(
-            seen(&after),
+            seen(&mesh, &after),
             (200, None),
             "request {attempt} after the crash"
         );
@@ -139,7 +151,7 @@ fn await_fresh_vm(mesh: &Mesh) -> Vec<u16> {
     loop {
         let after = healthz(mesh, false);
         answers.push(after.status);
-        if seen(&after) == (200, Some("1")) {
+        if seen(mesh, &after) == (200, Some(1)) {
             return answers;
         }
         assert!(
@@ -154,19 +166,16 @@ fn await_fresh_vm(mesh: &Mesh) -> Vec<u16> {
 fn fail_reload_serves_again_from_a_new_vm() {
     let mesh = start(&[trap_plugin("trap", "FAIL_RELOAD", 1000)]);
     let vms_before = mesh.stat(INGRESS, V8_CREATED).unwrap();
-    let crashed = crash(&mesh);
+    crash(&mesh);
     let answers = await_fresh_vm(&mesh);
-    eprintln!(
-        "FAIL_RELOAD: the crashing request got {}, then {answers:?} until the new VM served",
-        crashed.status
-    );
+    eprintln!("FAIL_RELOAD: {answers:?} after the crash until the new VM served");
     let vms_after = mesh.stat(INGRESS, V8_CREATED).unwrap();
     assert!(
         vms_after > vms_before,
         "no new VM ({vms_before} created before, {vms_after} after)"
     );
     // A second crash reloads again.
-    assert_eq!(healthz(&mesh, true).status, crashed.status);
+    assert_eq!(healthz(&mesh, true).status, 503);
     await_fresh_vm(&mesh);
 }
 
@@ -178,14 +187,47 @@ fn plugins_sharing_a_vm_share_its_crash() {
         trap_plugin("trap", "FAIL_OPEN", 1000),
         trap_plugin("neighbour", "FAIL_CLOSE", 999),
     ]);
-    assert_eq!(healthz(&mesh, false).status, 200);
-    healthz(&mesh, true);
-    assert_crash_logged(&mesh);
+    crash(&mesh);
     let after = healthz(&mesh, false);
     assert_eq!(
-        seen(&after),
+        seen(&mesh, &after),
         (503, None),
         "the FAIL_CLOSE neighbour of the crashed VM: {}",
         after.body
+    );
+}
+
+#[test]
+fn a_reloading_neighbour_gets_a_new_vm_the_fail_open_plugin_stays_bypassed() {
+    // Same VM: the crashing plugin fails open, its neighbour reloads. The
+    // reload gives the neighbour a VM of its own; the FAIL_OPEN plugin is not
+    // reloaded and stays bypassed.
+    let mesh = start(&[
+        trap_plugin("trap", "FAIL_OPEN", 1000),
+        trap_plugin("neighbour", "FAIL_RELOAD", 999),
+    ]);
+    crash(&mesh);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answers = Vec::new();
+    let recovered = loop {
+        let after = healthz(&mesh, false);
+        answers.push(after.status);
+        if after.status == 200 {
+            break after;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {answers:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("shared VM, FAIL_OPEN + FAIL_RELOAD: {answers:?} after the crash");
+    for _ in 0..3 {
+        let after = healthz(&mesh, false);
+        assert_eq!(after.status, 200);
+        assert_eq!(served(&mesh, &after, "trap"), None, "{:?}", after.headers);
+    }
+    assert_eq!(
+        served(&mesh, &recovered, "neighbour"),
+        Some(1),
+        "{:?}",
+        recovered.headers
     );
 }
