@@ -9,8 +9,9 @@ Istio's sidecar concurrency of 2 workers and two additions: `POST /charge`
 answers 503 while the request's `x-soak-fail-phase` header is `0` (the
 first 20,000 of every 100,000 requests), so the breaker's `payment` policy
 trips and recovers again and again; and a second breaker policy keyed by
-the `x-tenant-id` of `/orders` requests, with a short `idle_expiry`, so that
-a new tenant per request churns breaker keys through `max_keys` and expiry.
+the `x-tenant-id` of `/orders` requests, with a short `idle_expiry`
+(SOAK_BREAKER_IDLE_EXPIRY, default 5s), so that a new tenant per request
+churns breaker keys through `max_keys` and expiry.
 
 bench/loadgen sends the mix of SOAK_MIX (bench/soak-mix.tsv) open loop at
 SOAK_RATE req/s (default 2500), in SOAK_SAMPLES segments (default 20); after each, this samples Envoy's
@@ -87,7 +88,7 @@ def soak_variant(dist, jwks):
         root_id, config = bench.manifest_plugin(name)
         if name == "circuit-breaker":
             config["policies"] = config.get("policies", []) + [SOAK_POLICY]
-            config["idle_expiry"] = "5s"
+            config["idle_expiry"] = os.environ.get("SOAK_BREAKER_IDLE_EXPIRY", "5s")
         filters.append(bench.wasm_filter(name, root_id, module, config))
     return bench.Variant("soak", "four filters from dist/meshwasm.wasm", filters)
 
