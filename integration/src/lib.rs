@@ -16,6 +16,7 @@ pub mod demo;
 pub mod docker;
 pub mod http;
 pub mod istio;
+pub mod jwks_server;
 pub mod mesh;
 pub mod oci;
 pub mod plugins;
@@ -29,6 +30,6 @@ pub mod skip;
 pub mod topology;
 pub mod traffic;
 
-pub use mesh::{Mesh, MeshOptions, MeshPlan, ReadyInfo, WorkloadUrls};
+pub use mesh::{Mesh, MeshOptions, MeshPlan, PluginPush, ReadyInfo, WorkloadUrls};
 
 pub mod validate;

@@ -710,12 +710,72 @@ impl Mesh {
         Ok(warning)
     }
 
+    /// [`Self::update_plugin`], then waits up to `timeout` until every proxy
+    /// running the plugin has processed the update (Envoy's ECDS counters
+    /// `update_success` or `update_rejected` moved).
+    pub fn push_plugin(&mut self, yaml: &str, timeout: Duration) -> Result<PluginPush> {
+        let resources = resources::parse_documents("pushed plugin", yaml, 0)?;
+        let filter = plugins::load(&resources, self.istio_release)?
+            .first()
+            .map(Plugin::filter_name)
+            .context("push_plugin takes a WasmPlugin")?;
+        let counter = |mesh: &Self, proxy: &str, outcome: &str| {
+            mesh.stat(
+                proxy,
+                &format!("extension_config_discovery.http_filter.{filter}.{outcome}"),
+            )
+            .unwrap_or(0)
+        };
+        let proxies = std::iter::once(crate::topology::INGRESS_NAME.to_owned())
+            .chain(self.ready.workloads.keys().cloned());
+        let before: Vec<(String, u64, u64)> = proxies
+            .map(|proxy| {
+                let taken = counter(self, &proxy, "update_success");
+                let rejected = counter(self, &proxy, "update_rejected");
+                (proxy, taken, rejected)
+            })
+            .filter(|(_, taken, rejected)| taken + rejected > 0)
+            .collect();
+        if before.is_empty() {
+            bail!("no proxy runs {filter}");
+        }
+        self.update_plugin(yaml)?;
+        let deadline = Instant::now() + timeout;
+        let mut push = PluginPush::default();
+        for (proxy, taken, rejected) in before {
+            loop {
+                let now_rejected = counter(self, &proxy, "update_rejected");
+                if now_rejected > rejected {
+                    push.rejected_by.push(proxy.clone());
+                    break;
+                }
+                if counter(self, &proxy, "update_success") > taken {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("{proxy} has not processed the update of {filter} after {timeout:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            push.proxies.push(proxy);
+        }
+        Ok(push)
+    }
+
     /// The name of a process that has exited on its own, if any.
     pub fn exited_process(&mut self) -> Option<String> {
         self.processes
             .iter_mut()
             .find_map(|p| p.exited().map(|_| p.name.clone()))
     }
+}
+
+/// The proxies that processed a [`Mesh::push_plugin`], and those of them
+/// that refused the new config (keeping the one they had).
+#[derive(Debug, Default)]
+pub struct PluginPush {
+    pub proxies: Vec<String>,
+    pub rejected_by: Vec<String>,
 }
 
 impl Drop for Mesh {

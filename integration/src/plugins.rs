@@ -412,6 +412,11 @@ fn wasm_config(plugin: &Plugin, module: &Path) -> Value {
             json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": go_jsonpb(&Value::Object(plugin_config.clone()))}),
         );
     }
+    // istiod's buildWasmConfig (pilot/pkg/model/extensions.go): FAIL_OPEN,
+    // FAIL_CLOSE and FAIL_RELOAD (API since Istio 1.27, so in every release
+    // emulated here) map one to one to Envoy's failure_policy, which is always
+    // set (FAIL_CLOSED by default); the deprecated `fail_open` bool is not
+    // (1.28 set it only for proxies older than 1.25, 1.29 dropped it).
     let failure_policy = match spec.fail_strategy.as_deref() {
         Some("FAIL_OPEN") => "FAIL_OPEN",
         Some("FAIL_RELOAD") => "FAIL_RELOAD",
@@ -930,6 +935,33 @@ mod tests {
             config["vm_config"]["environment_variables"],
             serde_json::json!({"key_values": {"MODE": "strict"}, "host_env_keys": ["POD_NAME"]})
         );
+    }
+
+    #[test]
+    fn every_fail_strategy_becomes_envoys_failure_policy_in_every_release() {
+        let (_dir, _server, mut store) = store_with(b"\0asm\x01\0\0\0");
+        for release in IstioRelease::SUPPORTED {
+            for (strategy, policy) in [
+                ("FAIL_CLOSE", "FAIL_CLOSED"),
+                ("FAIL_OPEN", "FAIL_OPEN"),
+                ("FAIL_RELOAD", "FAIL_RELOAD"),
+            ] {
+                let doc = remote(plugin_doc(
+                    "authz",
+                    "shop",
+                    &format!("  failStrategy: {strategy}"),
+                ));
+                let resources = parse_documents("p.yaml", &doc, 0).unwrap();
+                let plugin = &load(&resources, IstioRelease::parse(release).unwrap()).unwrap()[0];
+                let (filter, _) = extension_config(plugin, &mut store, 1);
+                let config = &filter["typed_config"]["config"];
+                assert_eq!(
+                    config["failure_policy"], policy,
+                    "Istio {release}, {strategy}"
+                );
+                assert!(config.get("fail_open").is_none(), "Istio {release}");
+            }
+        }
     }
 
     #[test]

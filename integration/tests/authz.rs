@@ -6,12 +6,10 @@
 //! Run: `MESHWASM_ENVOY=... MESHWASM_DIST=... cargo test -p meshwasm-integration --test authz -- --test-threads 1`
 
 use meshwasm_integration::http::{self, Response};
+use meshwasm_integration::jwks_server::{self, JwksServer};
 use meshwasm_integration::{Mesh, MeshOptions};
 use mint_token::{base64url, Algorithm, Mint};
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const INGRESS: &str = "istio-ingressgateway";
@@ -297,45 +295,6 @@ fn order_flow_rejections_and_hostile_tokens() {
     assert!(total("authenticated") >= 21, "{stats:#?}");
 }
 
-/// A JWKS endpoint the test controls: what it serves, and an outage switch.
-struct JwksServer {
-    port: u16,
-    state: Arc<Mutex<(u16, String)>>,
-}
-
-impl JwksServer {
-    fn start(jwks: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(Mutex::new((200, jwks.to_owned())));
-        let serving = state.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buffer) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let (status, body) = serving.lock().unwrap().clone();
-                let response = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes());
-            }
-        });
-        Self { port, state }
-    }
-
-    fn serve(&self, status: u16, jwks: &str) {
-        *self.state.lock().unwrap() = (status, jwks.to_owned());
-    }
-}
-
 /// Both key sets in one JWKS.
 fn merged_jwks(a: &str, b: &str) -> String {
     let mut keys: Value = serde_json::from_str(a).unwrap();
@@ -361,26 +320,13 @@ fn eventually(mut attempt: impl FnMut() -> Response, status: u16, what: &str) ->
 #[test]
 fn remote_jwks_rotation_and_outage_with_two_workers() {
     let server = JwksServer::start(DEMO_JWKS);
-    let service_entry = format!(
+    let plugin = format!(
         r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: jwks, namespace: istio-system}}
-spec:
-  hosts: [jwks.auth.svc.cluster.local]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  ports: [{{number: 8080, name: http, protocol: HTTP}}]
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
-"#,
-        port = server.port
-    );
-    let plugin = r#"
 apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
-metadata: {name: authz, namespace: istio-system}
+metadata: {{name: authz, namespace: istio-system}}
 spec:
-  selector: {matchLabels: {istio: ingressgateway}}
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
   url: oci://ghcr.io/meshwasm/meshwasm:0.1.0
   pluginName: authz
   phase: AUTHN
@@ -389,14 +335,17 @@ spec:
     providers:
       - issuer: https://auth.meshwasm.local
         audiences: [order-app]
-        jwks_uri: http://jwks.auth.svc.cluster.local:8080/jwks.json
-        jwks_cluster: "outbound|8080||jwks.auth.svc.cluster.local"
+        jwks_uri: {uri}
+        jwks_cluster: "{cluster}"
         jwks_refetch_interval: 1s
         jwks_cache_duration: 10m
     public_paths: [/healthz]
-"#;
+"#,
+        uri = jwks_server::URI,
+        cluster = jwks_server::CLUSTER
+    );
     let options = MeshOptions {
-        extra_manifests: vec![service_entry, plugin.to_owned()],
+        extra_manifests: vec![server.service_entry(), plugin],
         concurrency: 2,
         ..MeshOptions::default()
     };

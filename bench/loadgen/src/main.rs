@@ -9,6 +9,7 @@
 //! --latency-correction`). Prints one JSON object on stdout.
 
 mod http;
+mod mix;
 mod stats;
 
 use std::fmt::Write as _;
@@ -18,15 +19,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{parse_response, RequestTemplate};
+use mix::RequestMix;
 use stats::{connection_slots, scheduled_offset, summarise, Summary};
 
 const USAGE: &str =
     "usage: loadgen --port PORT --rate REQ_PER_S [--host 127.0.0.1] [--connections 16]
                [--duration 4] [--timeout 5] [--method GET] [--path /] [-H 'Name: value']...
-               [--token TOKEN | --tokens-file FILE]
+               [--token TOKEN | --tokens-file FILE] [--requests-file FILE [--first N]]
 
   -H: sent as given, in order (HTTP/1.1 needs `Host`; a bodyless POST needs `Content-Length: 0`).
   --tokens-file: one token per line; request n carries `Authorization: Bearer <line n mod count>`.
+  --requests-file: a mix instead of --method/--path/-H (see bench/loadgen/src/mix.rs): request n is
+  line n mod count, `kind<TAB>METHOD<TAB>path<TAB>Name: value...` with {n}, {n%M}, {n/D%M}, {token}
+  and \\xNN filled in; n counts from --first (default 0). Answers are also counted per kind.
   Output: JSON with requests scheduled/sent/completed, achieved rate, errors, non-2xx and
   latency percentiles in µs, measured from each request's scheduled send time.";
 
@@ -38,6 +43,8 @@ struct Config {
     timeout: Duration,
     request: RequestTemplate,
     tokens: Vec<String>,
+    mix: Option<RequestMix>,
+    first: u64,
 }
 
 fn parse_args(args: &[String]) -> Result<Config, String> {
@@ -51,6 +58,8 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
     let mut path = "/".to_string();
     let mut headers = Vec::new();
     let mut tokens = Vec::new();
+    let mut mix = None;
+    let mut first = 0u64;
     let mut iter = args.iter();
     while let Some(flag) = iter.next() {
         if flag == "-h" || flag == "--help" {
@@ -101,6 +110,19 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
                     return Err(format!("--tokens-file {value}: no tokens"));
                 }
             }
+            "--requests-file" => {
+                let text = std::fs::read_to_string(value)
+                    .map_err(|err| format!("--requests-file {value}: {err}"))?;
+                mix = Some(
+                    RequestMix::parse(&text)
+                        .map_err(|err| format!("--requests-file {value}: {err}"))?,
+                );
+            }
+            "--first" => {
+                first = value
+                    .parse()
+                    .map_err(|_| format!("--first: bad request number {value:?}"))?
+            }
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
         }
     }
@@ -109,6 +131,9 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
     let positive = |x: f64| x > 0.0 && x.is_finite();
     if !(positive(rate) && positive(duration) && positive(timeout) && connections > 0) {
         return Err("--rate, --connections, --duration and --timeout must be positive".into());
+    }
+    if mix.as_ref().is_some_and(RequestMix::uses_tokens) && tokens.is_empty() {
+        return Err("--requests-file uses {token}: give --tokens-file".into());
     }
     let address = format!("{host}:{port}")
         .parse()
@@ -121,6 +146,8 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
         timeout: Duration::from_secs_f64(timeout),
         request: RequestTemplate::new(&method, &path, &headers),
         tokens,
+        mix,
+        first,
     })
 }
 
@@ -136,6 +163,9 @@ struct Tally {
     errors: u64,
     non_2xx: u64,
     statuses: std::collections::BTreeMap<u16, u64>,
+    /// With a mix: answers per (kind, status), transport errors per kind.
+    kind_statuses: std::collections::BTreeMap<(usize, u16), u64>,
+    kind_errors: std::collections::BTreeMap<usize, u64>,
     latencies_ns: Vec<u64>,
     send_lags_ns: Vec<u64>,
     last_completion: Option<Instant>,
@@ -143,8 +173,11 @@ struct Tally {
 }
 
 impl Tally {
-    fn error(&mut self, message: String) {
+    fn error(&mut self, kind: Option<usize>, message: String) {
         self.errors += 1;
+        if let Some(kind) = kind {
+            *self.kind_errors.entry(kind).or_default() += 1;
+        }
         self.first_error.get_or_insert(message);
     }
 }
@@ -198,9 +231,15 @@ fn run_connection(index: u64, config: &Config, start: Instant) -> Tally {
         if due > now {
             std::thread::sleep(due - now);
         }
-        let token = (!config.tokens.is_empty())
-            .then(|| config.tokens[(n % config.tokens.len() as u64) as usize].as_str());
-        config.request.write(token, &mut request);
+        let kind = match &config.mix {
+            Some(mix) => Some(mix.write(config.first + n, &config.tokens, &mut request)),
+            None => {
+                let token = (!config.tokens.is_empty())
+                    .then(|| config.tokens[(n % config.tokens.len() as u64) as usize].as_str());
+                config.request.write(token, &mut request);
+                None
+            }
+        };
         let connection = match stream.as_mut() {
             Some(connection) => connection,
             None => match connect(config) {
@@ -209,14 +248,14 @@ fn run_connection(index: u64, config: &Config, start: Instant) -> Tally {
                     stream.insert(connection)
                 }
                 Err(err) => {
-                    tally.error(format!("connect: {err}"));
+                    tally.error(kind, format!("connect: {err}"));
                     continue;
                 }
             },
         };
         let sent_at = Instant::now();
         if let Err(err) = connection.write_all(&request) {
-            tally.error(format!("write: {err}"));
+            tally.error(kind, format!("write: {err}"));
             stream = None;
             continue;
         }
@@ -233,6 +272,9 @@ fn run_connection(index: u64, config: &Config, start: Instant) -> Tally {
                     .push(nanos(done.saturating_duration_since(due)));
                 tally.last_completion = Some(done);
                 *tally.statuses.entry(status).or_default() += 1;
+                if let Some(kind) = kind {
+                    *tally.kind_statuses.entry((kind, status)).or_default() += 1;
+                }
                 if !(200..300).contains(&status) {
                     tally.non_2xx += 1;
                 }
@@ -241,7 +283,7 @@ fn run_connection(index: u64, config: &Config, start: Instant) -> Tally {
                 }
             }
             Err(err) => {
-                tally.error(err);
+                tally.error(kind, err);
                 stream = None;
             }
         }
@@ -293,6 +335,33 @@ fn json_string(text: &str) -> String {
     out
 }
 
+/// `{"kind": {"statuses": {"200": n, ...}, "errors": n}, ...}`, or `null` without a mix.
+fn json_kinds(config: &Config, total: &Tally) -> String {
+    let Some(mix) = &config.mix else {
+        return "null".into();
+    };
+    let kinds: Vec<String> = mix
+        .kinds
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            let statuses: Vec<String> = total
+                .kind_statuses
+                .iter()
+                .filter(|((kind, _), _)| *kind == index)
+                .map(|((_, status), count)| format!("\"{status}\": {count}"))
+                .collect();
+            format!(
+                "{}: {{\"statuses\": {{{}}}, \"errors\": {}}}",
+                json_string(name),
+                statuses.join(", "),
+                total.kind_errors.get(&index).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    format!("{{{}}}", kinds.join(", "))
+}
+
 fn report(config: &Config, start: Instant, tallies: Vec<Tally>) -> (String, u64) {
     let mut total = Tally::default();
     for tally in tallies {
@@ -304,6 +373,12 @@ fn report(config: &Config, start: Instant, tallies: Vec<Tally>) -> (String, u64)
         total.non_2xx += tally.non_2xx;
         for (status, count) in tally.statuses {
             *total.statuses.entry(status).or_default() += count;
+        }
+        for (key, count) in tally.kind_statuses {
+            *total.kind_statuses.entry(key).or_default() += count;
+        }
+        for (kind, count) in tally.kind_errors {
+            *total.kind_errors.entry(kind).or_default() += count;
         }
         total.latencies_ns.extend(tally.latencies_ns);
         total.send_lags_ns.extend(tally.send_lags_ns);
@@ -326,7 +401,7 @@ fn report(config: &Config, start: Instant, tallies: Vec<Tally>) -> (String, u64)
             "{{\"rate\": {}, \"connections\": {}, \"duration_s\": {:.3}, \"elapsed_s\": {:.3}, ",
             "\"scheduled\": {}, \"sent\": {}, \"unsent\": {}, \"completed\": {}, \"achieved_rps\": {:.1}, ",
             "\"errors\": {}, \"non_2xx\": {}, \"statuses\": {{{}}}, \"latency_us\": {}, \"send_lag_us\": {}, ",
-            "\"first_error\": {}}}"
+            "\"first_error\": {}, \"kinds\": {}}}"
         ),
         config.rate,
         config.connections,
@@ -343,6 +418,7 @@ fn report(config: &Config, start: Instant, tallies: Vec<Tally>) -> (String, u64)
         json_summary(summarise(&mut total.latencies_ns)),
         json_summary(summarise(&mut total.send_lags_ns)),
         total.first_error.as_deref().map_or("null".into(), json_string),
+        json_kinds(config, &total),
     );
     (json, total.completed)
 }
