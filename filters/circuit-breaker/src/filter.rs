@@ -46,8 +46,22 @@ impl Loaded {
 #[derive(Default)]
 struct Shared {
     metrics: Metrics,
-    /// Keys with a state gauge: the registry's first `max_gauge_keys`.
+    /// Keys with a state gauge: the first `max_gauge_keys` ever seen.
     gauge_keys: Vec<String>,
+}
+
+/// Gives live keys a state gauge while fewer than `max` keys have one. A key
+/// keeps its gauge once given (Envoy never deletes a stat; an expired key's
+/// reads closed), so the bound holds across expiry and new keys.
+fn admit_gauge_keys(gauge_keys: &mut Vec<String>, live: Vec<String>, max: usize) {
+    for key in live {
+        if gauge_keys.len() >= max {
+            return;
+        }
+        if !gauge_keys.contains(&key) {
+            gauge_keys.push(key);
+        }
+    }
 }
 
 impl Shared {
@@ -161,11 +175,7 @@ impl RootContext for BreakerRoot {
         }
         let Ok(keys) = breakers.keys() else { return };
         let mut shared = self.shared.borrow_mut();
-        for key in keys.into_iter().take(loaded.max_gauge_keys) {
-            if !shared.gauge_keys.contains(&key) {
-                shared.gauge_keys.push(key.clone());
-            }
-        }
+        admit_gauge_keys(&mut shared.gauge_keys, keys, loaded.max_gauge_keys);
         for key in shared.gauge_keys.clone() {
             let state = breakers
                 .state(&key, now)
@@ -471,5 +481,25 @@ impl HttpContext for BreakerStream {
         // No response headers came: a reset, a timeout, or the client left.
         let status = property_u64(&["response", "code"]).and_then(|code| u16::try_from(code).ok());
         self.finish(status, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_gauges_stay_bounded_as_keys_expire_and_new_ones_come() {
+        let mut gauge_keys = Vec::new();
+        let keys = |range: std::ops::Range<usize>| range.map(|n| format!("p|k{n}")).collect();
+        admit_gauge_keys(&mut gauge_keys, keys(0..3), 5);
+        admit_gauge_keys(&mut gauge_keys, keys(2..4), 5);
+        assert_eq!(gauge_keys, ["p|k0", "p|k1", "p|k2", "p|k3"]);
+        // The first keys expired; every tick brings new ones.
+        for tick in 1..100 {
+            admit_gauge_keys(&mut gauge_keys, keys(tick * 10..tick * 10 + 10), 5);
+        }
+        assert_eq!(gauge_keys.len(), 5);
+        assert_eq!(gauge_keys.last().map(String::as_str), Some("p|k10"));
     }
 }
