@@ -186,9 +186,9 @@ pub(crate) fn header_map(map_type: MapType, read: impl FnOnce() -> Rc<Vec<u8>>) 
     }
 }
 
-/// The kept header map `map_type`, if a stage has read it in this callback.
-pub(crate) fn cached_header_map(map_type: MapType) -> Option<Rc<Vec<u8>>> {
-    with_stream(|scope| scope.headers_mut(map_type).and_then(KeptMap::current)).flatten()
+/// Whether a staged chain's stream callback is running.
+pub(crate) fn in_stream() -> bool {
+    with_stream(|_| ()).is_some()
 }
 
 /// Notes a stage's header write for the kept map, if there is one (else the
@@ -246,6 +246,7 @@ mod tests {
         note_filter_state("k", b"v");
         assert_eq!(filter_state("k"), None);
         assert_eq!(configuration(), None);
+        assert!(!in_stream());
     }
 
     #[test]
@@ -278,7 +279,13 @@ mod tests {
         // The next callback reads afresh; filter state stays for the stream.
         run_stream(&mut scope, || {
             note_filter_state("meshwasm.x", b"1");
-            assert_eq!(cached_header_map(MapType::HttpRequestHeaders), None);
+            assert!(in_stream());
+            let mut reads = 0;
+            header_map(MapType::HttpRequestHeaders, || {
+                reads += 1;
+                Rc::default()
+            });
+            assert_eq!(reads, 1, "each callback reads afresh");
         });
         run_stream(&mut scope, || {
             assert_eq!(filter_state("meshwasm.x").as_deref(), Some(b"1".as_slice()));
