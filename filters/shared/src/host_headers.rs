@@ -34,9 +34,11 @@ extern "C" {
 /// and value followed by a NUL. Invalid UTF-8 becomes U+FFFD; a truncated
 /// buffer yields the pairs that are complete, NUL included.
 pub fn decode_map(bytes: &[u8]) -> Vec<Header<'_>> {
-    RawPairs::new(bytes)
-        .map(|(name, value)| (text_of(name), text_of(value)))
-        .collect()
+    let pairs = RawPairs::new(bytes);
+    // Sized once from the count (`collect` would grow from nothing).
+    let mut decoded = Vec::with_capacity(pairs.size_hint().1.unwrap_or(0));
+    decoded.extend(pairs.map(|(name, value)| (text_of(name), text_of(value))));
+    decoded
 }
 
 /// The complete pairs of a serialised map as bytes, unchecked for UTF-8.
@@ -231,7 +233,9 @@ impl HeaderWrite {
 /// `map` (serialised) after `writes`, in order: one pass over the pairs and
 /// one encoding, whatever the number of writes.
 pub fn with_writes(map: &[u8], writes: &[HeaderWrite]) -> Vec<u8> {
-    let mut pairs: Vec<(&[u8], &[u8])> = RawPairs::new(map).collect();
+    let raw = RawPairs::new(map);
+    let mut pairs = Vec::with_capacity(raw.size_hint().1.unwrap_or(0).saturating_add(writes.len()));
+    pairs.extend(raw);
     for write in writes {
         let name = write.name.as_bytes();
         if !write.keep_others {
