@@ -6,9 +6,11 @@
 //! the last good JWKS in place.
 
 use crate::config::Provider;
+use crate::keys::{KeySet, KeySetError};
 use meshwasm_shared::shared_data::{self, SharedStore, StoreError};
 use ring::digest;
 use serde::{Deserialize, Serialize};
+use std::rc::Rc;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -127,6 +129,78 @@ pub fn store_failure(store: &dyn SharedStore, key: &str) -> Result<(), StoreErro
         record.pending = false;
         (serde_json::to_vec(&record).ok(), ())
     })
+}
+
+/// The fetched key sets one worker verifies with, indexed like `providers`,
+/// each loaded from its provider's shared record.
+#[derive(Debug, Default)]
+pub struct RemoteKeySets {
+    sets: Vec<Option<Rc<KeySet>>>,
+    /// `fetched_at` of the record each set was loaded from.
+    loaded_at: Vec<u64>,
+}
+
+impl RemoteKeySets {
+    pub fn new(providers: usize) -> Self {
+        Self {
+            sets: vec![None; providers],
+            loaded_at: vec![0; providers],
+        }
+    }
+
+    pub fn sets(&self) -> &[Option<Rc<KeySet>>] {
+        &self.sets
+    }
+
+    fn install(&mut self, index: usize, keys: KeySet, fetched_at: u64) {
+        if let (Some(slot), Some(loaded)) =
+            (self.sets.get_mut(index), self.loaded_at.get_mut(index))
+        {
+            *slot = Some(Rc::new(keys));
+            *loaded = fetched_at;
+        }
+    }
+
+    /// Loads provider `index`'s set when another worker stored a newer one;
+    /// `Ok(true)` when the set changed.
+    pub fn sync(
+        &mut self,
+        store: &dyn SharedStore,
+        index: usize,
+        provider: &Provider,
+    ) -> Result<bool, KeySetError> {
+        let record = load(store, &record_key(provider));
+        if record.fetched_at == 0 || self.loaded_at.get(index) == Some(&record.fetched_at) {
+            return Ok(false);
+        }
+        let keys = KeySet::parse_fetched(record.jwks.as_bytes(), &provider.allowed_algorithms())?;
+        self.install(index, keys, record.fetched_at);
+        Ok(true)
+    }
+
+    /// Checks a fetched JWKS, stores it for every worker and uses it here.
+    pub fn accept(
+        &mut self,
+        store: &dyn SharedStore,
+        index: usize,
+        provider: &Provider,
+        body: Vec<u8>,
+        now: u64,
+    ) -> Result<(), String> {
+        KeySet::parse_fetched(&body, &provider.allowed_algorithms())
+            .map_err(|err| err.to_string())?;
+        let text = String::from_utf8(body).map_err(|_| "not UTF-8".to_owned())?;
+        let key = record_key(provider);
+        if let Err(err) = store_success(store, &key, &text, now) {
+            log::warn!(
+                "authz: JWKS of `{}` fetched but not shared: {err}",
+                provider.display_name()
+            );
+        }
+        self.sync(store, index, provider)
+            .map(|_| ())
+            .map_err(|err| err.to_string())
+    }
 }
 
 #[cfg(test)]
