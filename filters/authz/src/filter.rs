@@ -126,7 +126,7 @@ impl State {
         let name = provider.display_name().to_owned();
         let outcome = match (status, body) {
             (Some("200"), Some(body)) if body.len() <= MAX_JWKS_BYTES => {
-                self.remote.accept(&HostStore, index, provider, body, now)
+                self.remote.accept(&HostStore, index, provider, &body, now)
             }
             (Some("200"), Some(_)) => Err(format!("larger than {MAX_JWKS_BYTES} bytes")),
             (Some(status), _) => Err(format!("status {status}")),
@@ -467,11 +467,11 @@ impl AuthzRequest {
                 false
             }
             Outcome::UnknownKey { provider } => {
-                // Another worker may have fetched the rotated set already.
-                state.sync_keys(provider);
-                let retried = self.decide(state, incoming);
-                if !matches!(retried, Outcome::UnknownKey { .. }) {
-                    return self.apply(state, retried, false, incoming);
+                // Another worker may have fetched the rotated set already:
+                // decide again only then.
+                if state.sync_keys(provider) {
+                    let retried = self.decide(state, incoming);
+                    return self.apply(state, retried, may_fetch, incoming);
                 }
                 let now = now_secs(self);
                 if may_fetch {
