@@ -267,7 +267,7 @@ clean:
 # FUZZ_SECONDS, growing its corpus in fuzz/corpus/<target>; `make fuzz-smoke`
 # (part of `make test`) runs each for FUZZ_SMOKE_SECONDS on a copy of that
 # corpus. Either fails on a crash, leaving the input in fuzz/artifacts/<target>/
-# (`cargo fuzz run <target> <input>` replays it). Logs: target/fuzz/<target>.log.
+# (`$(FUZZ_BIN)/<target> <input>` replays it). Logs: target/fuzz/<target>.log.
 CARGO_FUZZ_VERSION := 0.13.1
 FUZZ_SECONDS ?= 240
 FUZZ_SMOKE_SECONDS ?= 2
@@ -281,22 +281,23 @@ FUZZ_BUILD_FLAGS := -s none --codegen-units 16
 # An input slower than 10 s is a crash too (a request must stay cheap).
 FUZZ_RUN_FLAGS := -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 FUZZ_LOGS := $(CURDIR)/target/fuzz
+FUZZ_BIN := $(CURDIR)/fuzz/target/x86_64-unknown-linux-gnu/release
 
 cargo-fuzz:
 	@cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz $(CARGO_FUZZ_VERSION)' || \
 	  cargo install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked
 
 # $(call fuzz_run,seconds per target (shell arithmetic, $$n targets),corpus
-# dirs of target $$t, the first one written): each target in turn, one summary
-# line each, the crashing targets named at the end.
+# dirs of target $$t, the first one written): builds every target once, runs
+# each in turn (one summary line each), names the crashing ones at the end.
 define fuzz_run
 	$(FUZZ_CARGO) build $(FUZZ_BUILD_FLAGS)
 	@targets=$$(cd fuzz && cargo fuzz list); n=$$(echo $$targets | wc -w); \
 	seconds=$$(( $(1) )); [ $$seconds -ge 1 ] || seconds=1; crashed=; \
 	for t in $$targets; do \
-	  log=$(FUZZ_LOGS)/$$t.log; mkdir -p $(FUZZ_LOGS) $(foreach dir,$(2),fuzz/$(dir)); \
-	  $(FUZZ_CARGO) run $(FUZZ_BUILD_FLAGS) $$t $(2) -- $(FUZZ_RUN_FLAGS) -max_total_time=$$seconds \
-	    >$$log 2>&1 || crashed="$$crashed $$t"; \
+	  log=$(FUZZ_LOGS)/$$t.log; mkdir -p $(FUZZ_LOGS) fuzz/artifacts/$$t $(2); \
+	  $(FUZZ_BIN)/$$t -artifact_prefix=fuzz/artifacts/$$t/ $(FUZZ_RUN_FLAGS) -max_total_time=$$seconds \
+	    $(2) >$$log 2>&1 || crashed="$$crashed $$t"; \
 	  printf '%-24s %4s s %10s execs %5s corpus inputs\n' $$t $$seconds \
 	    "$$(sed -n 's/^stat::number_of_executed_units: *//p' $$log)" \
 	    "$$(grep -o 'corp: [0-9]*' $$log | tail -1 | cut -d' ' -f2)"; \
@@ -305,8 +306,8 @@ define fuzz_run
 endef
 
 fuzz: cargo-fuzz
-	$(call fuzz_run,$(FUZZ_SECONDS) / n,corpus/$$t)
+	$(call fuzz_run,$(FUZZ_SECONDS) / n,fuzz/corpus/$$t)
 
 fuzz-smoke: cargo-fuzz
 	@rm -rf $(FUZZ_LOGS)/smoke-corpus
-	$(call fuzz_run,$(FUZZ_SMOKE_SECONDS),../target/fuzz/smoke-corpus/$$t corpus/$$t)
+	$(call fuzz_run,$(FUZZ_SMOKE_SECONDS),$(FUZZ_LOGS)/smoke-corpus/$$t fuzz/corpus/$$t)

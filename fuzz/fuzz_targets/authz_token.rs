@@ -43,7 +43,10 @@ thread_local! {
 fuzz_target!(|data: &[u8]| {
     let [authorization, path, cookie] = meshwasm_fuzz::fields::<3>(data);
     let headers: Vec<Header> = vec![
-        (Cow::Borrowed("authorization"), Cow::Borrowed(&authorization)),
+        (
+            Cow::Borrowed("authorization"),
+            Cow::Borrowed(&authorization),
+        ),
         (Cow::Borrowed("cookie"), Cow::Borrowed(&cookie)),
     ];
     ENGINE.with(|engine| {

@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     baggage.set("lane", &key);
     let sent = baggage.to_header();
     let again = Baggage::parse(&sent);
-    assert_eq!(again.to_header(), sent, "a sent baggage header reads back the same");
+    assert_eq!(
+        again.to_header(),
+        sent,
+        "a sent baggage header reads back the same"
+    );
     baggage.remove(&key);
     if let Some(decoded) = percent_decode(&key) {
         assert_eq!(percent_decode(&percent_encode(&decoded)), Some(decoded));

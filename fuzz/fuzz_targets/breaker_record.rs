@@ -29,14 +29,20 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(Breaker::decode(&decoded.encode()).as_ref(), Some(&decoded));
     for window in [
         WindowSpec::Count { size: 5 },
-        WindowSpec::Time { buckets: 4, bucket_ms: 250 },
+        WindowSpec::Time {
+            buckets: 4,
+            bucket_ms: 250,
+        },
     ] {
         let spec = spec(window);
         let mut breaker = decoded.clone();
         for now_ms in [0, 1_000, u64::MAX / 2, u64::MAX] {
             breaker.state_at(now_ms);
             if let (Admission::Admitted(ticket), _) = breaker.admit(&spec, now_ms) {
-                let outcome = Outcome { failure: true, duration_ms: 200 };
+                let outcome = Outcome {
+                    failure: true,
+                    duration_ms: 200,
+                };
                 breaker.record(&spec, ticket, outcome, now_ms);
             }
         }

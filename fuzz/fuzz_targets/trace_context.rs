@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let (context, _) = trace::resolve(&incoming, true, || TraceContext::start(&[7; 24], 0.5));
     let header = context.traceparent();
-    assert_eq!(TraceContext::from_traceparent(&header), Some(context.clone()));
+    assert_eq!(
+        TraceContext::from_traceparent(&header),
+        Some(context.clone())
+    );
     trace::within_ratio(&context.trace_id, 0.25);
     trace::within_ratio(&traceparent, 0.25);
 });
