@@ -52,7 +52,7 @@ SUITE_TARGET := $(CURDIR)/target/suite
 .PHONY: setup build apps test test-unit test-bench test-e2e lint demo mesh token clean istio-crds crd-schemas
 .PHONY: prometheus test-prometheus-rules
 .PHONY: bench
-.PHONY: fuzz fuzz-smoke cargo-fuzz
+.PHONY: fuzz fuzz-smoke fuzz-cmin cargo-fuzz
 
 setup: $(TOOLS)/.wasm-target $(TOOLS)/.clang envoy registry-tools
 
@@ -307,6 +307,17 @@ endef
 
 fuzz: cargo-fuzz
 	$(call fuzz_run,$(FUZZ_SECONDS) / n,fuzz/corpus/$$t)
+
+# Shrinks each corpus to the inputs that reach new edges (hit counts ignored),
+# so what is committed stays small.
+fuzz-cmin: cargo-fuzz
+	$(FUZZ_CARGO) build $(FUZZ_BUILD_FLAGS)
+	@for t in $$(cd fuzz && cargo fuzz list); do \
+	  rm -rf fuzz/corpus/$$t.min && mkdir fuzz/corpus/$$t.min && \
+	  $(FUZZ_BIN)/$$t -merge=1 -use_counters=0 fuzz/corpus/$$t.min fuzz/corpus/$$t 2>/dev/null && \
+	  rm -rf fuzz/corpus/$$t && mv fuzz/corpus/$$t.min fuzz/corpus/$$t && \
+	  printf '%-24s %5s inputs\n' $$t $$(ls fuzz/corpus/$$t | wc -l) || exit 1; \
+	done
 
 fuzz-smoke: cargo-fuzz
 	@rm -rf $(FUZZ_LOGS)/smoke-corpus
