@@ -8,9 +8,10 @@
 //! is counted in a decaying Space-Saving sketch per worker (counts halve every
 //! [`DECAY_EVERY_PER_ENTRY`] × capacity sightings), so a slot is not kept for
 //! good: once the slots are full, a value seen at least twice lately and more
-//! than twice as often as the least seen admitted value takes that value's
-//! slot. A flood of one-off values (made-up tenants) then never takes a slot
-//! for long, and real tenants win theirs back. Envoy never forgets a metric
+//! than twice as often as the admitted value seen least in the previous
+//! window takes that value's slot. A flood of one-off values (made-up
+//! tenants) then never takes a slot for long, and real tenants win theirs
+//! back. Envoy never forgets a metric
 //! once defined, so each replacement leaves the old value's series behind:
 //! each worker replaces at most one value per decay window.
 
@@ -61,8 +62,10 @@ pub struct LabelBudget {
     admitted: HashSet<String>,
     /// Recent sightings of every acceptable value, admitted or not.
     recent: SpaceSaving,
-    /// This worker replaced an admitted value in the current decay window.
-    replaced: bool,
+    /// The admitted value seen least in the last decay window, with its
+    /// count then: the one a heavy hitter may replace in this window (none
+    /// once this worker replaced it).
+    least_seen: Option<(u32, String)>,
 }
 
 impl LabelBudget {
@@ -74,7 +77,7 @@ impl LabelBudget {
             admit_after,
             admitted: HashSet::new(),
             recent: SpaceSaving::new((max_values * 4).max(64)),
-            replaced: false,
+            least_seen: None,
         }
     }
 
@@ -91,8 +94,12 @@ impl LabelBudget {
         let seen = self.recent.observe(value);
         if self.recent.decay_due() {
             self.recent.decay();
-            self.replaced = false;
             self.refresh(store);
+            self.least_seen = self
+                .admitted
+                .iter()
+                .map(|admitted| (self.recent.count(admitted), admitted.clone()))
+                .min();
         }
         if self.admitted.contains(value) {
             return Resolved::Kept(value.to_owned());
@@ -105,20 +112,14 @@ impl LabelBudget {
         }
         // Full: a value seen lately far more than the least seen admitted
         // one takes its slot, once per window.
-        if self.replaced || seen < 2 {
-            return Resolved::Folded;
-        }
-        let least_seen = self
-            .admitted
-            .iter()
-            .map(|admitted| (self.recent.count(admitted), admitted))
-            .min();
-        match least_seen {
-            Some((count, victim)) if seen > count.saturating_mul(2) => {
-                let victim = victim.clone();
+        match self.least_seen.take() {
+            Some((count, victim)) if seen >= 2 && seen > count.saturating_mul(2) => {
                 self.admit(store, value, Some(&victim))
             }
-            _ => Resolved::Folded,
+            least_seen => {
+                self.least_seen = least_seen;
+                Resolved::Folded
+            }
         }
     }
 
@@ -149,7 +150,6 @@ impl LabelBudget {
             Ok((admitted, values)) => {
                 self.admitted = values.into_iter().collect();
                 if admitted {
-                    self.replaced |= victim.is_some();
                     Resolved::Kept(value.to_owned())
                 } else {
                     Resolved::Folded
