@@ -52,6 +52,7 @@ SUITE_TARGET := $(CURDIR)/target/suite
 .PHONY: setup build apps test test-unit test-bench test-e2e lint demo mesh token clean istio-crds crd-schemas
 .PHONY: prometheus test-prometheus-rules docker-tools docker-test
 .PHONY: bench soak test-modules
+.PHONY: fuzz fuzz-smoke fuzz-cmin cargo-fuzz
 
 setup: $(TOOLS)/.wasm-target $(TOOLS)/.clang envoy registry-tools
 
@@ -259,7 +260,7 @@ test-e2e: build apps registry-tools test-modules $(foreach v,$(E2E_ENVOYS),$(cal
 	done
 
 # Ends with what was skipped, one line per reason (see SKIP_LOG).
-test: forget-skips lint test-unit test-bench test-prometheus-rules test-e2e docker-test
+test: forget-skips lint fuzz-smoke test-unit test-bench test-prometheus-rules test-e2e docker-test
 	@if [ -s $(SKIP_LOG) ]; then \
 	  sort -u $(SKIP_LOG) | awk -F'\t' '{ n[$$1]++; how[$$1] = $$2; tests[$$1] = tests[$$1] (n[$$1] > 1 ? ", " : "") $$3 } \
 	    END { for (m in n) printf "SKIPPED %d test(s) for lack of %s (%s). To run them: %s\n", n[m], m, tests[m], how[m] }'; \
@@ -328,3 +329,64 @@ test-bench: $(BENCH_VENV)/bin/python
 clean:
 	cargo clean
 	rm -rf $(DIST)
+
+# libFuzzer targets over the filters' cores (fuzz/, cargo-fuzz's layout, a cargo
+# project outside the workspace). `make fuzz` runs every target for its share of
+# FUZZ_SECONDS, growing its corpus in fuzz/corpus/<target>; `make fuzz-smoke`
+# (part of `make test`) runs each for FUZZ_SMOKE_SECONDS on a copy of that
+# corpus. Either fails on a crash, leaving the input in fuzz/artifacts/<target>/
+# (`$(FUZZ_BIN)/<target> <input>` replays it). Logs: target/fuzz/<target>.log.
+CARGO_FUZZ_VERSION := 0.13.1
+FUZZ_SECONDS ?= 240
+FUZZ_SMOKE_SECONDS ?= 2
+# cargo-fuzz passes nightly-only flags (-Z...) to rustc and cargo; the project
+# builds with stable Rust only, and RUSTC_BOOTSTRAP=1 lets stable accept them for
+# this build alone. No sanitizer: the targets are safe Rust, and what they look
+# for (panics, overflows with debug assertions on, slow inputs, memory blow-ups)
+# needs none. 16 codegen units halve the build for slightly slower runs.
+FUZZ_CARGO := cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz
+FUZZ_BUILD_FLAGS := -s none --codegen-units 16
+# An input slower than 10 s is a crash too (a request must stay cheap).
+FUZZ_RUN_FLAGS := -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+FUZZ_LOGS := $(CURDIR)/target/fuzz
+FUZZ_BIN := $(CURDIR)/fuzz/target/x86_64-unknown-linux-gnu/release
+
+cargo-fuzz:
+	@cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz $(CARGO_FUZZ_VERSION)' || \
+	  cargo install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked
+
+# $(call fuzz_run,seconds per target (shell arithmetic, $$n targets),corpus
+# dirs of target $$t, the first one written): builds every target once, runs
+# each in turn (one summary line each), names the crashing ones at the end.
+define fuzz_run
+	$(FUZZ_CARGO) build $(FUZZ_BUILD_FLAGS)
+	@targets=$$(cd fuzz && cargo fuzz list); n=$$(echo $$targets | wc -w); \
+	seconds=$$(( $(1) )); [ $$seconds -ge 1 ] || seconds=1; crashed=; \
+	for t in $$targets; do \
+	  log=$(FUZZ_LOGS)/$$t.log; mkdir -p $(FUZZ_LOGS) fuzz/artifacts/$$t $(2); \
+	  $(FUZZ_BIN)/$$t -artifact_prefix=fuzz/artifacts/$$t/ $(FUZZ_RUN_FLAGS) -max_total_time=$$seconds \
+	    $(2) >$$log 2>&1 || crashed="$$crashed $$t"; \
+	  printf '%-24s %4s s %10s execs %5s corpus inputs\n' $$t $$seconds \
+	    "$$(sed -n 's/^stat::number_of_executed_units: *//p' $$log)" \
+	    "$$(grep -o 'corp: [0-9]*' $$log | tail -1 | cut -d' ' -f2)"; \
+	done; \
+	if [ -n "$$crashed" ]; then echo "CRASHED:$$crashed (inputs in fuzz/artifacts/, logs in $(FUZZ_LOGS))"; exit 1; fi
+endef
+
+fuzz: cargo-fuzz
+	$(call fuzz_run,$(FUZZ_SECONDS) / n,fuzz/corpus/$$t)
+
+# Shrinks each corpus to the inputs that reach new edges (hit counts ignored),
+# so what is committed stays small.
+fuzz-cmin: cargo-fuzz
+	$(FUZZ_CARGO) build $(FUZZ_BUILD_FLAGS)
+	@for t in $$(cd fuzz && cargo fuzz list); do \
+	  rm -rf fuzz/corpus/$$t.min && mkdir fuzz/corpus/$$t.min && \
+	  $(FUZZ_BIN)/$$t -merge=1 -use_counters=0 fuzz/corpus/$$t.min fuzz/corpus/$$t 2>/dev/null && \
+	  rm -rf fuzz/corpus/$$t && mv fuzz/corpus/$$t.min fuzz/corpus/$$t && \
+	  printf '%-24s %5s inputs\n' $$t $$(ls fuzz/corpus/$$t | wc -l) || exit 1; \
+	done
+
+fuzz-smoke: cargo-fuzz
+	@rm -rf $(FUZZ_LOGS)/smoke-corpus
+	$(call fuzz_run,$(FUZZ_SMOKE_SECONDS),$(FUZZ_LOGS)/smoke-corpus/$$t fuzz/corpus/$$t)

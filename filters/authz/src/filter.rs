@@ -3,8 +3,7 @@
 
 use crate::config::{split_uri, AuthzConfig};
 use crate::engine::{Allowed, Denial, Engine, Outcome, Request};
-use crate::jwks::{self, Reason};
-use crate::keys::KeySet;
+use crate::jwks::{self, Reason, RemoteKeySets};
 use crate::token::{self, Location};
 use meshwasm_shared::host_headers::Header;
 use meshwasm_shared::metrics::{tagged_name, Metrics};
@@ -72,40 +71,30 @@ impl AllowMetrics {
 /// What the root context and its HTTP contexts share (one per worker).
 struct State {
     engine: Engine,
-    remote: Vec<Option<Rc<KeySet>>>,
-    /// `fetched_at` of the record each remote set was loaded from.
-    loaded_at: Vec<u64>,
+    remote: RemoteKeySets,
     metrics: Metrics,
     allow_metrics: AllowMetrics,
 }
 
 impl State {
-    /// Reloads a provider's key set when another worker stored a newer one.
-    fn sync_keys(&mut self, index: usize) {
+    /// Reloads a provider's key set when another worker stored a newer one;
+    /// `true` when it changed.
+    fn sync_keys(&mut self, index: usize) -> bool {
         let Some(provider) = self.engine.config.providers.get(index) else {
-            return;
+            return false;
         };
         if !provider.is_remote() {
-            return;
+            return false;
         }
-        let record = jwks::load(&HostStore, &jwks::record_key(provider));
-        if record.fetched_at == 0 || self.loaded_at.get(index) == Some(&record.fetched_at) {
-            return;
-        }
-        match KeySet::parse_fetched(record.jwks.as_bytes(), &provider.allowed_algorithms()) {
-            Ok(keys) => {
-                if let (Some(slot), Some(loaded)) =
-                    (self.remote.get_mut(index), self.loaded_at.get_mut(index))
-                {
-                    *slot = Some(Rc::new(keys));
-                    *loaded = record.fetched_at;
-                }
-            }
-            Err(err) => log::warn!(
-                "authz: stored JWKS of provider `{}` is unusable: {err}",
-                provider.display_name()
-            ),
-        }
+        self.remote
+            .sync(&HostStore, index, provider)
+            .unwrap_or_else(|err| {
+                log::warn!(
+                    "authz: stored JWKS of provider `{}` is unusable: {err}",
+                    provider.display_name()
+                );
+                false
+            })
     }
 
     fn count_fetch(&mut self, index: usize, result: &str) {
@@ -137,24 +126,16 @@ impl State {
         let name = provider.display_name().to_owned();
         let outcome = match (status, body) {
             (Some("200"), Some(body)) if body.len() <= MAX_JWKS_BYTES => {
-                match KeySet::parse_fetched(&body, &provider.allowed_algorithms()) {
-                    Ok(_) => String::from_utf8(body).map_err(|_| "not UTF-8".to_owned()),
-                    Err(err) => Err(err.to_string()),
-                }
+                self.remote.accept(&HostStore, index, provider, &body, now)
             }
             (Some("200"), Some(_)) => Err(format!("larger than {MAX_JWKS_BYTES} bytes")),
             (Some(status), _) => Err(format!("status {status}")),
             (None, _) => Err("no response (timeout or unknown cluster)".to_owned()),
         };
         match outcome {
-            Ok(text) => {
-                let key = jwks::record_key(provider);
-                if let Err(err) = jwks::store_success(&HostStore, &key, &text, now) {
-                    log::warn!("authz: JWKS of `{name}` fetched but not shared: {err}");
-                }
+            Ok(()) => {
                 log::info!("authz: fetched JWKS of provider `{name}`");
                 self.count_fetch(index, "success");
-                self.sync_keys(index);
             }
             Err(reason) => {
                 if let Err(err) = jwks::store_failure(&HostStore, &jwks::record_key(provider)) {
@@ -290,8 +271,7 @@ impl RootContext for AuthzRoot {
         );
         self.state = Some(Rc::new(RefCell::new(State {
             engine: Engine::new(config, &raw),
-            remote: vec![None; providers],
-            loaded_at: vec![0; providers],
+            remote: RemoteKeySets::new(providers),
             metrics: Metrics::default(),
             allow_metrics: AllowMetrics::new(),
         })));
@@ -382,7 +362,7 @@ impl AuthzRequest {
         };
         let now = now_secs(self);
         let State { engine, remote, .. } = state;
-        engine.decide(&request, remote, &HostStore, now)
+        engine.decide(&request, remote.sets(), &HostStore, now)
     }
 
     fn deny(&self, state: &mut State, denial: &Denial, incoming: &Incoming<'_>) {
@@ -489,11 +469,11 @@ impl AuthzRequest {
                 false
             }
             Outcome::UnknownKey { provider } => {
-                // Another worker may have fetched the rotated set already.
-                state.sync_keys(provider);
-                let retried = self.decide(state, incoming);
-                if !matches!(retried, Outcome::UnknownKey { .. }) {
-                    return self.apply(state, retried, false, incoming);
+                // Another worker may have fetched the rotated set already:
+                // decide again only then.
+                if state.sync_keys(provider) {
+                    let retried = self.decide(state, incoming);
+                    return self.apply(state, retried, may_fetch, incoming);
                 }
                 let now = now_secs(self);
                 if may_fetch {

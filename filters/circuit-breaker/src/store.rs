@@ -1,14 +1,18 @@
 //! Breakers kept in proxy-wasm shared data, so every Envoy worker of the VM
 //! sees one breaker per key. Each breaker is one shared-data entry updated by
 //! compare-and-swap; a registry entry lists the live keys, which bounds their
-//! number and lets a periodic sweep expire idle ones.
+//! number and lets a periodic sweep expire idle ones. Their count is kept
+//! apart (`~count`, a few bytes), so a request for a key never seen reads the
+//! count, not the registry: with a client-chosen key part, every request may
+//! bring a new key.
 //!
 //! Ordering that keeps the registry honest without locks: a worker writes a
 //! new breaker first and registers it after; the sweep empties an idle
 //! breaker first (CAS, so a concurrent update wins) and drops registry names
 //! whose breaker is empty after. A breaker recreated in between is
-//! re-registered by its creator. Under races the key count may overshoot
-//! `max_keys` by at most the number of workers.
+//! re-registered by its creator. Each registry write is followed by a write
+//! of its length to `~count`; under races the count may lag by a write, and
+//! the key count may overshoot `max_keys` by at most the number of workers.
 
 use crate::breaker::Spec;
 use crate::breaker::{Admission, Breaker, Outcome, State, Ticket, Transition};
@@ -16,6 +20,7 @@ use meshwasm_shared::shared_data::{update, update_from, SharedStore, StoreError}
 
 const MAX_ATTEMPTS: u32 = 16;
 const REGISTRY: &str = "~keys";
+const KEY_COUNT: &str = "~count";
 
 /// The shared-data names of one plugin instance: `meshwasm.breaker/<plugin>/<config hash>/`.
 /// A new configuration starts from fresh breakers.
@@ -63,7 +68,7 @@ impl<S: SharedStore + ?Sized> Breakers<'_, S> {
         let entry = self.namespace.entry(key);
         let first = self.store.get(&entry)?;
         let exists = first.0.as_deref().and_then(Breaker::decode).is_some();
-        if !exists && !self.has_room_for(key)? {
+        if !exists && !self.has_room()? {
             return Ok(Admit::OverCapacity);
         }
         let (admission, transition, state, created) =
@@ -135,25 +140,49 @@ impl<S: SharedStore + ?Sized> Breakers<'_, S> {
             .map(|breaker| breaker.state_at(now_ms)))
     }
 
-    fn has_room_for(&self, key: &str) -> Result<bool, StoreError> {
-        let keys = self.keys()?;
-        Ok(keys.len() < self.max_keys as usize || keys.iter().any(|k| k == key))
+    /// Whether a new key may be created: one read of a few bytes, whatever
+    /// the number and length of the live keys.
+    fn has_room(&self) -> Result<bool, StoreError> {
+        let (count, _) = self.store.get(&self.namespace.entry(KEY_COUNT))?;
+        let count = count
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| text.parse::<u32>().ok())
+            .unwrap_or(0);
+        Ok(count < self.max_keys)
     }
 
-    fn register(&self, key: &str) -> Result<(), StoreError> {
-        update(
+    /// Rewrites the registry with `update`, then its length to `~count`.
+    fn update_registry(
+        &self,
+        update_keys: impl Fn(Vec<String>) -> Option<Vec<String>>,
+    ) -> Result<(), StoreError> {
+        let written = update(
             self.store,
             &self.namespace.entry(REGISTRY),
             MAX_ATTEMPTS,
-            |current| {
-                let mut keys = parse_registry(current);
-                if keys.iter().any(|k| k == key) {
-                    return (None, ());
-                }
-                keys.push(key.to_owned());
-                (Some(keys.join("\n").into_bytes()), ())
+            |current| match update_keys(parse_registry(current)) {
+                Some(keys) => (Some(keys.join("\n").into_bytes()), Some(keys.len())),
+                None => (None, None),
             },
-        )
+        )?;
+        if let Some(count) = written {
+            self.store.set(
+                &self.namespace.entry(KEY_COUNT),
+                count.to_string().as_bytes(),
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn register(&self, key: &str) -> Result<(), StoreError> {
+        self.update_registry(|mut keys| {
+            if keys.iter().any(|k| k == key) {
+                return None;
+            }
+            keys.push(key.to_owned());
+            Some(keys)
+        })
     }
 
     /// Empties breakers idle for `idle_expiry`, then unregisters empty ones.
@@ -179,29 +208,19 @@ impl<S: SharedStore + ?Sized> Breakers<'_, S> {
                 expired.push(key);
             }
         }
-        update(
-            self.store,
-            &self.namespace.entry(REGISTRY),
-            MAX_ATTEMPTS,
-            |current| {
-                let keys = parse_registry(current);
-                let live: Vec<String> = keys
-                    .iter()
-                    .filter(|key| {
-                        matches!(
-                            self.store.get(&self.namespace.entry(key)),
-                            Ok((Some(bytes), _)) if !bytes.is_empty()
-                        )
-                    })
-                    .cloned()
-                    .collect();
-                if live.len() == keys.len() {
-                    (None, ())
-                } else {
-                    (Some(live.join("\n").into_bytes()), ())
-                }
-            },
-        )?;
+        self.update_registry(|keys| {
+            let live: Vec<String> = keys
+                .iter()
+                .filter(|key| {
+                    matches!(
+                        self.store.get(&self.namespace.entry(key)),
+                        Ok((Some(bytes), _)) if !bytes.is_empty()
+                    )
+                })
+                .cloned()
+                .collect();
+            (live.len() != keys.len()).then_some(live)
+        })?;
         Ok(expired)
     }
 }
@@ -222,7 +241,7 @@ fn parse_registry(bytes: Option<&[u8]>) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::breaker::{Rejection, WindowSpec};
-    use meshwasm_shared::shared_data::MemoryStore;
+    use meshwasm_shared::shared_data::{CountingStore, MemoryStore};
 
     fn spec() -> Spec {
         Spec {
@@ -413,6 +432,36 @@ mod tests {
         let ticket = admitted(breakers.admit("a", &spec, 0).unwrap());
         breakers.finish("a", &spec, ticket, None, 1).unwrap();
         admitted(breakers.admit("a", &spec, 2).unwrap());
+    }
+
+    /// A new key per request at capacity (a header-based key with values the
+    /// client makes up) must not read the registry, which holds every key.
+    #[test]
+    fn new_keys_at_capacity_cost_no_registry_read() {
+        let spec = spec();
+        let store = CountingStore::default();
+        let namespace = Namespace::new("cb", b"{}");
+        let breakers = Breakers {
+            store: &store,
+            namespace: &namespace,
+            max_keys: 200,
+            idle_expiry_ms: 10_000,
+        };
+        let key = |i: usize| format!("tenant|{i:0>250}");
+        for i in 0..200 {
+            admitted(breakers.admit(&key(i), &spec, 0).unwrap());
+        }
+        store.take_reads();
+        for i in 200..300 {
+            assert_eq!(
+                breakers.admit(&key(i), &spec, 0).unwrap(),
+                Admit::OverCapacity
+            );
+            let bytes: usize = store.take_reads().iter().map(|(_, bytes)| bytes).sum();
+            assert!(bytes <= 16, "a new key at capacity read {bytes} bytes");
+        }
+        // The registry still lists exactly the admitted keys.
+        assert_eq!(breakers.keys().unwrap().len(), 200);
     }
 
     #[test]

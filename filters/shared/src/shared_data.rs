@@ -131,6 +131,34 @@ impl SharedStore for MemoryStore {
     }
 }
 
+/// A [`MemoryStore`] that logs every read (key and bytes returned), for
+/// tests that bound what one call costs in shared data.
+#[derive(Debug, Default)]
+pub struct CountingStore {
+    pub inner: MemoryStore,
+    reads: RefCell<Vec<(String, usize)>>,
+}
+
+impl CountingStore {
+    /// The reads since the last call: `(key, bytes returned)` in order.
+    pub fn take_reads(&self) -> Vec<(String, usize)> {
+        self.reads.take()
+    }
+}
+
+impl SharedStore for CountingStore {
+    fn get(&self, key: &str) -> Result<Versioned, StoreError> {
+        let read = self.inner.get(key)?;
+        let bytes = read.0.as_ref().map_or(0, Vec::len);
+        self.reads.borrow_mut().push((key.to_owned(), bytes));
+        Ok(read)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<bool, StoreError> {
+        self.inner.set(key, value, cas)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

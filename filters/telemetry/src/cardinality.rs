@@ -2,13 +2,18 @@
 //! names) may take at most K distinct values per proxy; every other value is
 //! reported as `other` and counted in `meshwasm_telemetry_folded_values_total`.
 //!
-//! Envoy never forgets a metric once defined, so a slot, once given, is kept:
-//! the bound is on values ever admitted, not on values currently popular.
 //! The admitted set lives in proxy-wasm shared data, so all worker VMs of a
 //! proxy agree on it and the bound holds per proxy rather than per worker.
-//! With `admit_after` > 1 a value must first be seen that many times on a
-//! worker, counted with a Space-Saving sketch: a flood of one-off values
-//! (random tenant ids) then cannot take the slots of frequent ones.
+//! Free slots go to the first values seen `admit_after` times. Every value
+//! is counted in a decaying Space-Saving sketch per worker (counts halve every
+//! [`DECAY_EVERY_PER_ENTRY`] × capacity sightings), so a slot is not kept for
+//! good: once the slots are full, a value seen at least twice lately and more
+//! than twice as often as the admitted value seen least in the previous
+//! window takes that value's slot. A flood of one-off values (made-up
+//! tenants) then never takes a slot for long, and real tenants win theirs
+//! back. Envoy never forgets a metric
+//! once defined, so each replacement leaves the old value's series behind:
+//! each worker replaces at most one value per decay window.
 
 use crate::labels::{OTHER, UNKNOWN};
 use meshwasm_shared::shared_data::{update, SharedStore};
@@ -18,6 +23,8 @@ use std::collections::{HashMap, HashSet};
 pub const MAX_VALUE_LEN: usize = 64;
 const CAS_ATTEMPTS: u32 = 8;
 const SHARED_KEY_PREFIX: &str = "meshwasm.telemetry.admitted.";
+/// Sightings per sketch entry between two halvings of every count.
+pub const DECAY_EVERY_PER_ENTRY: u32 = 16;
 
 /// What became of a raw value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,9 +58,14 @@ pub struct LabelBudget {
     shared_key: String,
     max_values: usize,
     admit_after: u32,
-    /// Subset of the shared set; equal to it once it is full.
+    /// The shared set as last read (refreshed every decay window).
     admitted: HashSet<String>,
-    candidates: SpaceSaving,
+    /// Recent sightings of every acceptable value, admitted or not.
+    recent: SpaceSaving,
+    /// The admitted value seen least in the last decay window, with its
+    /// count then: the one a heavy hitter may replace in this window (none
+    /// once this worker replaced it).
+    least_seen: Option<(u32, String)>,
 }
 
 impl LabelBudget {
@@ -64,7 +76,8 @@ impl LabelBudget {
             max_values,
             admit_after,
             admitted: HashSet::new(),
-            candidates: SpaceSaving::new((max_values * 4).max(64)),
+            recent: SpaceSaving::new((max_values * 4).max(64)),
+            least_seen: None,
         }
     }
 
@@ -78,38 +91,65 @@ impl LabelBudget {
             Some(value) if !is_acceptable(value) => return Resolved::Folded,
             Some(value) => value,
         };
+        let seen = self.recent.observe(value);
+        if self.recent.decay_due() {
+            self.recent.decay();
+            self.refresh(store);
+            self.least_seen = self
+                .admitted
+                .iter()
+                .map(|admitted| (self.recent.count(admitted), admitted.clone()))
+                .min();
+        }
         if self.admitted.contains(value) {
             return Resolved::Kept(value.to_owned());
         }
-        // The local view is a subset of the shared set: full here means full there.
-        if self.admitted.len() >= self.max_values {
+        if seen < self.admit_after {
             return Resolved::Folded;
         }
-        if self.admit_after > 1 && self.candidates.observe(value) < self.admit_after {
-            return Resolved::Folded;
+        if self.admitted.len() < self.max_values {
+            return self.admit(store, value, None);
         }
+        // Full: a value seen lately far more than the least seen admitted
+        // one takes its slot, once per window.
+        match self.least_seen.take() {
+            Some((count, victim)) if seen >= 2 && seen > count.saturating_mul(2) => {
+                self.admit(store, value, Some(&victim))
+            }
+            least_seen => {
+                self.least_seen = least_seen;
+                Resolved::Folded
+            }
+        }
+    }
+
+    /// Adds `value` to the shared set: into a free slot, else into the slot
+    /// of `victim` if it is still there.
+    fn admit(&mut self, store: &dyn SharedStore, value: &str, victim: Option<&str>) -> Resolved {
         let max_values = self.max_values;
         let outcome = update(store, &self.shared_key, CAS_ATTEMPTS, |current| {
-            let mut values: Vec<&str> = current
-                .and_then(|bytes| std::str::from_utf8(bytes).ok())
-                .map(|text| text.lines().filter(|line| !line.is_empty()).collect())
-                .unwrap_or_default();
-            let seen: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
-            if values.contains(&value) {
-                return (None, (true, seen));
+            let mut values = admitted_values(current);
+            if values.iter().any(|admitted| admitted == value) {
+                return (None, (true, values));
             }
             if values.len() >= max_values {
-                return (None, (false, seen));
+                match values
+                    .iter()
+                    .position(|admitted| Some(admitted.as_str()) == victim)
+                {
+                    Some(index) => {
+                        values.swap_remove(index);
+                    }
+                    None => return (None, (false, values)),
+                }
             }
-            values.push(value);
-            (Some(values.join("\n").into_bytes()), (true, seen))
+            values.push(value.to_owned());
+            (Some(values.join("\n").into_bytes()), (true, values))
         });
         match outcome {
-            Ok((admitted, seen)) => {
-                self.admitted.extend(seen);
+            Ok((admitted, values)) => {
+                self.admitted = values.into_iter().collect();
                 if admitted {
-                    self.candidates.forget(value);
-                    self.admitted.insert(value.to_owned());
                     Resolved::Kept(value.to_owned())
                 } else {
                     Resolved::Folded
@@ -121,17 +161,42 @@ impl LabelBudget {
             }
         }
     }
+
+    /// Reads the shared set again: another worker may have replaced values.
+    fn refresh(&mut self, store: &dyn SharedStore) {
+        match store.get(&self.shared_key) {
+            Ok((current, _)) => {
+                self.admitted = admitted_values(current.as_deref()).into_iter().collect();
+            }
+            Err(err) => log::debug!("label budget {}: {err}", self.shared_key),
+        }
+    }
+}
+
+fn admitted_values(bytes: Option<&[u8]>) -> Vec<String> {
+    bytes
+        .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        .map(|text| {
+            text.lines()
+                .filter(|line| !line.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Space-Saving heavy-hitter counts over a fixed number of entries: when full,
 /// a new value replaces the least counted one and inherits its count as
 /// possible error. Admission uses the guaranteed count (count − error), so a
 /// flood of one-off values never reaches the threshold while a frequent value
-/// does.
+/// does. Halving every count now and then ([`SpaceSaving::decay`]) makes them
+/// counts of recent sightings.
 struct SpaceSaving {
     capacity: usize,
     /// value → (count, error)
     counts: HashMap<String, (u32, u32)>,
+    /// Sightings since the last decay.
+    since_decay: u32,
 }
 
 impl SpaceSaving {
@@ -139,11 +204,37 @@ impl SpaceSaving {
         Self {
             capacity,
             counts: HashMap::new(),
+            since_decay: 0,
         }
+    }
+
+    /// The guaranteed count of `value` (0 when not tracked).
+    fn count(&self, value: &str) -> u32 {
+        self.counts
+            .get(value)
+            .map_or(0, |(count, error)| count - error)
+    }
+
+    fn decay_due(&self) -> bool {
+        let window = u32::try_from(self.capacity)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(DECAY_EVERY_PER_ENTRY);
+        self.since_decay >= window
+    }
+
+    /// Halves every count and error; values counted down to nothing go.
+    fn decay(&mut self) {
+        self.since_decay = 0;
+        self.counts.retain(|_, (count, error)| {
+            *count /= 2;
+            *error /= 2;
+            *count > 0
+        });
     }
 
     /// Counts one sighting of `value` and returns its guaranteed count.
     fn observe(&mut self, value: &str) -> u32 {
+        self.since_decay = self.since_decay.saturating_add(1);
         if let Some((count, error)) = self.counts.get_mut(value) {
             *count = count.saturating_add(1);
             return *count - *error;
@@ -163,10 +254,6 @@ impl SpaceSaving {
         self.counts
             .insert(value.to_owned(), (inherited.saturating_add(1), inherited));
         1
-    }
-
-    fn forget(&mut self, value: &str) {
-        self.counts.remove(value);
     }
 }
 
@@ -272,6 +359,42 @@ mod tests {
         assert_eq!(resolve(&mut budget, &store, "big"), OTHER);
         assert_eq!(resolve(&mut budget, &store, "big"), "big");
         assert_eq!(resolve(&mut budget, &store, "big"), "big");
+    }
+
+    /// Anonymous requests with made-up tenants come first and take every
+    /// slot (first come, `admit_after` 1); then real tenants keep sending
+    /// amid the flood. They must win their labels back, and the labels
+    /// reported stay bounded.
+    #[test]
+    fn real_tenants_win_their_labels_back_from_a_flood_of_made_up_ones() {
+        let store = MemoryStore::default();
+        let mut budget = LabelBudget::new("tenant", 3, 1);
+        for i in 0..1000 {
+            budget.resolve(&store, Some(&format!("made-up-{i}")));
+        }
+        let mut reported = HashSet::new();
+        let mut real_kept = 0;
+        for round in 0..2000 {
+            for tenant in ["acme", "globex"] {
+                let label = resolve(&mut budget, &store, tenant);
+                if round >= 1500 && label == tenant {
+                    real_kept += 1;
+                }
+                reported.insert(label);
+            }
+            for i in 0..5 {
+                reported.insert(resolve(&mut budget, &store, &format!("flood-{round}-{i}")));
+            }
+        }
+        assert_eq!(real_kept, 2 * 500, "real tenants folded: {reported:?}");
+        // acme, globex, `other`, and no more than the 3 slots' first values.
+        assert!(reported.len() <= 6, "{reported:?}");
+        let shared = store
+            .get("meshwasm.telemetry.admitted.tenant")
+            .unwrap()
+            .0
+            .unwrap();
+        assert_eq!(String::from_utf8(shared).unwrap().lines().count(), 3);
     }
 
     #[test]

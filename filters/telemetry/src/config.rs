@@ -26,7 +26,8 @@ pub struct Config {
     #[serde(default = "default_max_label_values")]
     pub max_label_values: u32,
     /// Requests a value must be seen in (per worker) before it takes one of the
-    /// K slots. 1 (default) admits the first K distinct values.
+    /// K slots. 1 (default) gives free slots to the first distinct values; once
+    /// full, frequent values take the slots of rarely seen ones.
     #[serde(default = "default_admit_after")]
     pub admit_after: u32,
     /// Overrides the workload name read from node metadata. Default: none.
