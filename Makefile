@@ -100,11 +100,14 @@ apps:
 	cargo build -p order-app -p meshwasm-integration -p oci-image --bins
 
 MESH_READY_FILE ?=
+# Another manifests folder for `make mesh`/`make demo`, e.g. wasmplugin-manifests/staged.
+MANIFESTS ?=
 MESH_ENV = MESHWASM_ENVOY=$(ENVOY) MESHWASM_DIST=$(DIST) MESHWASM_APP_BIN=$(APP_BIN)
 
 # The local mesh in the foreground, with Prometheus; Ctrl-C stops every process.
 mesh: build envoy apps prometheus registry-tools
-	$(MESH_ENV) $(APP_BIN)/mesh up --prometheus $(if $(MESH_READY_FILE),--ready-file $(MESH_READY_FILE))
+	$(MESH_ENV) $(APP_BIN)/mesh up --prometheus $(if $(MESH_READY_FILE),--ready-file $(MESH_READY_FILE)) \
+	  $(if $(MANIFESTS),--manifests $(MANIFESTS))
 
 # The mesh as a Docker Compose project in COMPOSE_DIR (see the README's "Without
 # Kubernetes, with Docker"): `docker compose -f $(COMPOSE_DIR)/compose.yaml up`.
@@ -115,7 +118,7 @@ compose: build apps registry-tools
 
 # Starts the mesh, runs the scripted scenario through the ingress, prints it, stops.
 demo: build envoy apps prometheus registry-tools
-	$(MESH_ENV) $(APP_BIN)/mesh demo
+	$(MESH_ENV) $(APP_BIN)/mesh demo $(if $(MANIFESTS),--manifests $(MANIFESTS))
 
 # Debian's Prometheus and promtool: the mesh runs the binary itself (config and
 # storage in its run dir, 127.0.0.1 only), never the package's service.
