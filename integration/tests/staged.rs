@@ -7,6 +7,7 @@
 //! Run: `MESHWASM_ENVOY=... MESHWASM_DIST=... cargo test -p meshwasm-integration --test staged -- --test-threads 1`
 
 use meshwasm_integration::http::{self, Response};
+use meshwasm_integration::jwks_server::{self, JwksServer};
 use meshwasm_integration::mesh::repo_root;
 use meshwasm_integration::{Mesh, MeshOptions};
 use mint_token::demo_bearer as token;
@@ -239,4 +240,94 @@ fn staged_chains_answer_and_count_as_the_separate_plugins_do() {
         "counters differ:\n{}",
         differing.join("\n")
     );
+}
+
+/// The shipped gateway chain with its authz stage fetching the demo keys from
+/// `server` instead of holding them inline.
+fn ingress_chain_fetching_keys() -> String {
+    let text = std::fs::read_to_string(
+        repo_root().join("wasmplugin-manifests/staged/wasmplugin-stages.yaml"),
+    )
+    .unwrap();
+    let document = text
+        .split("\n---")
+        .find(|doc| doc.contains("  name: ingress-stages\n"))
+        .expect("the staged gateway chain");
+    let mut plugin: serde_yaml::Value = serde_yaml::from_str(document).unwrap();
+    let authz = &mut plugin["spec"]["pluginConfig"]["stages"][0];
+    assert_eq!(authz["filter"].as_str(), Some("authz"));
+    let provider = authz["config"]["providers"][0].as_mapping_mut().unwrap();
+    provider
+        .remove("jwks")
+        .expect("an inline key set to replace");
+    for (key, value) in [
+        ("jwks_uri", jwks_server::URI),
+        ("jwks_cluster", jwks_server::CLUSTER),
+        ("jwks_refetch_interval", "1s"),
+        ("jwks_cache_duration", "10m"),
+    ] {
+        provider.insert(key.into(), value.into());
+    }
+    serde_yaml::to_string(&plugin).unwrap()
+}
+
+/// authz pausing a request for a JWKS fetch (a token whose `kid` the stored
+/// set lacks) inside a chain: when the fetch answers, the request goes on
+/// through the later stages (routing decides its lane, telemetry counts it)
+/// before Envoy's chain resumes.
+#[test]
+fn a_stage_waiting_for_a_jwks_fetch_resumes_into_the_next_stages() {
+    let other_keys = include_str!("../../filters/authz/testdata/other-jwks.json");
+    let server = JwksServer::start(other_keys);
+    let options = MeshOptions {
+        manifests: repo_root().join("wasmplugin-manifests/staged"),
+        extra_manifests: vec![server.service_entry(), ingress_chain_fetching_keys()],
+        // One worker: the request below meets the worker that fetched before.
+        concurrency: 1,
+        ..MeshOptions::default()
+    };
+    let mesh = Mesh::start(options).unwrap_or_else(|err| panic!("mesh did not start: {err:#}"));
+    let agent = http::agent();
+    let alice = token("alice", json!({})).unwrap();
+    let order = || {
+        http::post_json(
+            &agent,
+            &format!("{}/orders", mesh.ready.ingress),
+            &json!({"sku": "sku-1", "quantity": 1, "user": "alice"}),
+            &[("authorization", &alice), ("x-user", "alice")],
+        )
+        .unwrap()
+    };
+    // The worker holds the other key set: the demo key's `kid` is unknown.
+    let started = Instant::now();
+    while order().status != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no 401 for an unknown kid"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.serve(200, include_str!("../demo-keys/demo-jwks.json"));
+    // Unknown-kid refetches are limited to one per `jwks_refetch_interval`
+    // (1 s): the next request must be allowed to fetch, and nothing else
+    // fetches meanwhile (the periodic refresh is 10 min away), so a 201 is
+    // this request's own fetch, waited for inside the chain.
+    std::thread::sleep(Duration::from_millis(1500));
+    let response = order();
+    assert_eq!(
+        response.status,
+        201,
+        "{}\n{}",
+        response.body,
+        mesh.dump_logs()
+    );
+    // Authz's 401s reached neither routing nor telemetry: the one routing
+    // decision and the one request telemetry counted are this request's.
+    for (metric, stage) in [
+        ("meshwasm_routing_decisions_total", "routing"),
+        ("meshwasm_requests_total", "telemetry"),
+    ] {
+        let counted: u64 = mesh.stats_matching(INGRESS, metric).unwrap().values().sum();
+        assert_eq!(counted, 1, "{stage}'s stage ran after the fetch ({metric})");
+    }
 }
