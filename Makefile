@@ -278,7 +278,8 @@ forget-skips:
 # BENCH_PRICES=1: the host-call price list (bench/hostcall-probe) instead of the filters;
 # BENCH_PROFILE=1: also where each variant's CPU goes (perf cpu-clock call stacks);
 # BENCH_INSTRUCTIONS=1: instructions per request under valgrind's callgrind instead of the timed
-# phases (every variant and the price list; BENCH_INSTR_REQUESTS=500 sets N of the N + 2N counted).
+# phases (every variant and the price list, in BENCH_INSTR_JOBS Envoys with a listener per variant;
+# BENCH_INSTR_REQUESTS=500 and BENCH_INSTR_MISS_REQUESTS=100 set N of the N + 2N counted).
 BENCH_VENV := $(TOOLS)/bench-venv
 NOOP_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_noop_filter.wasm
 PROBE_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_hostcall_probe.wasm

@@ -51,20 +51,25 @@ made once and BENCH_PRICE_COUNT times (default 20) per request, next to the
 empty chain and the no-op floor, and prints ns of Envoy CPU per call
 (`prices.csv`).
 
-Instruction counts: BENCH_INSTRUCTIONS=1 runs every variant's Envoy under
-valgrind's callgrind instead of every timed phase (closed loop, open loop,
-rounds, profile: BENCH_OPEN, BENCH_ROUNDS and BENCH_PROFILE are ignored),
-BENCH_INSTR_JOBS Envoys at a time (default: one per core). Each gets
-INSTR_WARMUP requests uninstrumented (INSTR_MISS_WARMUP for the cache-miss
-variants), then `callgrind_control -i on`, `-z`, N requests
-(BENCH_INSTR_REQUESTS, default 500), `-d`, 2N more, `-d`, all on one
-keep-alive connection and each checked for a 200. The worker thread's
-instructions per request from the two dumps must agree within
-INSTR_AGREEMENT (otherwise a loud warning). Without BENCH_VARIANTS it counts
-every default variant and the host-call price variants (instructions per
-call); BENCH_VARIANTS and BENCH_PRICES select as usual. Writes
-`instructions.md` and `instructions.csv`. Counts do not depend on the
-machine's load; a variant takes 10-60 s.
+Instruction counts: BENCH_INSTRUCTIONS=1 runs the variants under valgrind's
+callgrind instead of every timed phase (closed loop, open loop, rounds,
+profile: BENCH_OPEN, BENCH_ROUNDS and BENCH_PROFILE are ignored). The
+variants are split into BENCH_INSTR_JOBS groups (default: one per core) of
+about equal work; each group is one Envoy under callgrind with a listener
+per variant, so valgrind and V8 start once per group, not per variant. Each
+Envoy counts its variants one after the other: INSTR_WARMUP requests
+uninstrumented (INSTR_MISS_WARMUP for the cache-miss variants), then
+`callgrind_control -i on`, `-z`, N requests (BENCH_INSTR_REQUESTS, default
+500; BENCH_INSTR_MISS_REQUESTS, default 100, for the cache-miss variants),
+`-d`, 2N more, `-d`, all on one keep-alive connection and each checked for a
+200. The worker thread's instructions per request from the two dumps must
+agree within INSTR_AGREEMENT (otherwise a loud warning). Last, each Envoy's
+worker is counted for INSTR_IDLE_SECONDS with no request: the plugins'
+timers, which every count in that Envoy includes, reported per request.
+Without BENCH_VARIANTS it counts every default variant and the host-call
+price variants (instructions per call); BENCH_VARIANTS and BENCH_PRICES
+select as usual. Writes `instructions.md` and `instructions.csv`. Counts do
+not depend on the machine's load.
 """
 
 import argparse
@@ -99,10 +104,16 @@ DEMO_ISSUER = "https://auth.meshwasm.local"
 DEMO_AUDIENCE = "order-app"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STAT_PREFIX = "bench"
-# Tokens cycled by the cache-miss variants: twice the caches' 1024 entries
-# (authz `cache_entries` default, jwt_authn `jwt_cache_size` here), so a
+# Token caches of the cache-miss variants (authz `cache_entries`, jwt_authn
+# `jwt_cache_size`; both default to 1024 elsewhere): smaller, so that the
+# instruction run's warm-up fills them with few signature verifications. What
+# a miss costs does not depend on the cache's size (authz-miss: 4,417,727
+# instructions/request at 1024 entries, run 20261130T141520Z; see
+# BENCHMARKS.md for 128).
+MISS_CACHE_ENTRIES = 128
+# Tokens cycled by the cache-miss variants: twice their caches' entries, so a
 # FIFO or LRU cache never hits.
-MISS_TOKENS = 2048
+MISS_TOKENS = 2 * MISS_CACHE_ENTRIES
 
 # One request shape for every variant, so header parsing costs the same
 # everywhere; it matches every filter's representative config (the breaker
@@ -166,15 +177,14 @@ def lua_noop_filter():
     }
 
 
-def jwt_authn_filter(jwks_text, cache):
+def jwt_authn_filter(jwks_text, cache_size):
     provider = {
         "issuer": DEMO_ISSUER,
         "audiences": [DEMO_AUDIENCE],
         "local_jwks": {"inline_string": jwks_text},
         "payload_in_metadata": "jwt_payload",
     }
-    if cache:
-        provider["jwt_cache_config"] = {"jwt_cache_size": 1024}
+    provider["jwt_cache_config"] = {"jwt_cache_size": cache_size}
     return {
         "name": "envoy.filters.http.jwt_authn",
         "typed_config": {
@@ -370,19 +380,18 @@ def build_variants(dist, noop_module, jwks_by_algorithm):
         root_id, module, config = configs["authz"]
         for algorithm in ("RS256", "ES256", "HS256"):
             suffix = "" if algorithm == "RS256" else f"-{algorithm.lower()}"
-            if algorithm == "RS256":
-                filters = [meshwasm["authz"][0]]
-            else:
-                other = json.loads(json.dumps(config))
-                for provider in other.get("providers", []):
+            missing = json.loads(json.dumps(config))
+            missing["cache_entries"] = MISS_CACHE_ENTRIES
+            if algorithm != "RS256":
+                for provider in missing.get("providers", []):
                     provider["algorithms"] = [algorithm]
                     provider["jwks"] = jwks_by_algorithm[algorithm]
-                filters = [wasm_filter("authz", root_id, module, other)]
             variants.append(
                 Variant(
                     f"authz{suffix}-miss",
-                    f"meshwasm authz, {algorithm}, a new token every request ({MISS_TOKENS} cycled: cache misses)",
-                    filters,
+                    f"meshwasm authz, {algorithm}, cache_entries {MISS_CACHE_ENTRIES}, a new token every request "
+                    f"({MISS_TOKENS} cycled: cache misses)",
+                    [wasm_filter("authz", root_id, module, missing)],
                     native=f"native-jwt-rbac{suffix}-miss",
                     module_bytes=sizes["authz"],
                     expect_without_token=401,
@@ -445,14 +454,15 @@ def build_variants(dist, noop_module, jwks_by_algorithm):
         Variant(
             "native-jwt-rbac",
             "jwt_authn RS256 with jwt_cache_config + RBAC (any authenticated)",
-            [jwt_authn_filter(jwks_text, cache=True), rbac_authenticated_filter()],
+            [jwt_authn_filter(jwks_text, 1024), rbac_authenticated_filter()],
             expect_without_token=401,
         ),
         *(
             Variant(
                 f"native-jwt-rbac{suffix}-miss",
-                f"jwt_authn {algorithm} with jwt_cache_config + RBAC, a new token every request ({MISS_TOKENS} cycled)",
-                [jwt_authn_filter(jwks_by_algorithm[algorithm], cache=True), rbac_authenticated_filter()],
+                f"jwt_authn {algorithm} with jwt_cache_size {MISS_CACHE_ENTRIES} + RBAC, a new token every request "
+                f"({MISS_TOKENS} cycled)",
+                [jwt_authn_filter(jwks_by_algorithm[algorithm], MISS_CACHE_ENTRIES), rbac_authenticated_filter()],
                 expect_without_token=401,
                 algorithm=algorithm,
                 unique_tokens=True,
@@ -463,7 +473,7 @@ def build_variants(dist, noop_module, jwks_by_algorithm):
         Variant(
             "native-chain",
             "jwt_authn (cached) + RBAC + local_ratelimit",
-            [jwt_authn_filter(jwks_text, cache=True), rbac_authenticated_filter(), local_ratelimit_filter()],
+            [jwt_authn_filter(jwks_text, 1024), rbac_authenticated_filter(), local_ratelimit_filter()],
             expect_without_token=401,
         ),
     ]
@@ -511,7 +521,9 @@ def price_variants(probe_module, high_count):
     return variants
 
 
-def bootstrap(variant, listen_port, admin_port):
+def listener(name, filters, port):
+    """A listener answering every request with a `direct_response` 200 after
+    `filters`."""
     router = {
         "name": "envoy.filters.http.router",
         "typed_config": {
@@ -538,28 +550,41 @@ def bootstrap(variant, listen_port, admin_port):
                 }
             ],
         },
-        "http_filters": variant.filters + [router],
+        "http_filters": filters + [router],
     }
     return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+
+
+def own_plugin_names(variant):
+    """The variant's filters with each wasm plugin renamed `<variant>/<name>`:
+    where several variants share one Envoy, plugins that are otherwise
+    identical (the chains reuse the single filters' configs) would share a
+    root context, and the breaker's shared data, which is keyed by plugin
+    name."""
+    filters = json.loads(json.dumps(variant.filters))
+    for entry in filters:
+        plugin = entry["typed_config"].get("config")
+        if plugin and "vm_config" in plugin:
+            plugin["name"] = f"{variant.name}/{plugin['name']}"
+    return filters
+
+
+def bootstrap(variants, ports, admin_port):
+    """One listener per variant, on its port; a lone variant keeps its
+    plugin names."""
+    if len(variants) == 1:
+        listeners = [listener("bench", variants[0].filters, ports[0])]
+    else:
+        listeners = [listener(v.name, own_plugin_names(v), port) for v, port in zip(variants, ports)]
+    return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "bench",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": manager,
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ]
-        },
+        "static_resources": {"listeners": listeners},
     }
 
 
@@ -658,16 +683,26 @@ def requests_counted(admin_port):
 
 
 class Envoy:
-    def __init__(self, binary, variant, workdir, pin, log_level, wrapper=()):
-        self.listen_port, self.admin_port = free_ports(2)
-        self.config = workdir / f"{variant.name}.json"
-        self.config.write_text(json.dumps(bootstrap(variant, self.listen_port, self.admin_port), indent=1))
-        self.log_path = workdir / f"{variant.name}.log"
+    """Envoy with a listener per variant (`listen_ports`, by variant name;
+    `listen_port`: the first's) on one worker. `edit`: a change to the
+    bootstrap before Envoy reads it."""
+
+    def __init__(self, binary, variants, workdir, pin, log_level, wrapper=(), concurrency=1, edit=None, name=None):
+        *ports, self.admin_port = free_ports(len(variants) + 1)
+        self.listen_ports = {variant.name: port for variant, port in zip(variants, ports)}
+        self.listen_port = ports[0]
+        config = bootstrap(variants, ports, self.admin_port)
+        if edit:
+            edit(config)
+        name = name or variants[0].name
+        self.config = workdir / f"{name}.json"
+        self.config.write_text(json.dumps(config, indent=1))
+        self.log_path = workdir / f"{name}.log"
         argv = [
             *wrapper,
             str(binary),
             "-c", str(self.config),
-            "--concurrency", "1",
+            "--concurrency", str(concurrency),
             "--disable-hot-restart",
             "--log-level", log_level,
         ]
@@ -805,7 +840,7 @@ class Tokens:
     def scripts(self, variants, fresh_tokens=0):
         """(wrk script, probe token, tokens file or None) keyed by
         (algorithm, unique). The cache-miss variants get MISS_TOKENS tokens
-        plus `fresh_tokens` more (see measure_instructions)."""
+        plus `fresh_tokens` more (see CountedEnvoy.count)."""
         scripts = {}
         for variant in variants:
             key = (variant.algorithm, variant.unique_tokens)
@@ -861,12 +896,12 @@ def parse_wrk(output):
 # ---------------------------------------------------------------- measurement
 
 
-def start_envoy(binary, variant, workdir, settings, attempts=3, wrapper=(), ready_timeout=60.0):
+def start_envoy(binary, variants, workdir, settings, attempts=3, wrapper=(), ready_timeout=60.0, name=None):
     """A ready Envoy and its start-to-ready time; a port taken by someone
     else between the check and Envoy's bind means a retry on other ports.
     `wrapper`: a command Envoy runs under (valgrind)."""
     for attempt in range(attempts):
-        envoy = Envoy(binary, variant, workdir, settings["pin"], settings["log_level"], wrapper)
+        envoy = Envoy(binary, variants, workdir, settings["pin"], settings["log_level"], wrapper, name=name)
         try:
             return envoy, envoy.wait_ready(ready_timeout)
         except RuntimeError as err:
@@ -879,11 +914,12 @@ def start_envoy(binary, variant, workdir, settings, attempts=3, wrapper=(), read
 def check_answers(envoy, variant, token):
     """The filters answer as configured: 200 with the token, and the
     expected rejection without it."""
-    status, body = probe(envoy.listen_port, token)
+    port = envoy.listen_ports[variant.name]
+    status, body = probe(port, token)
     if status != 200:
         raise RuntimeError(f"request with token answered {status}, not 200: {body}\n{envoy.log_tail()}")
     if variant.expect_without_token is not None:
-        status, body = probe(envoy.listen_port, None)
+        status, body = probe(port, None)
         if status != variant.expect_without_token:
             raise RuntimeError(
                 f"request without token answered {status}, not {variant.expect_without_token}: {body}\n"
@@ -911,7 +947,7 @@ def warm_envoy(binary, variant, workdir, scripts, settings):
     """A started Envoy (and its start-to-ready time) that answered as the
     variant expects and got phase 1's warm-up; stopped again on failure."""
     script, token, _ = scripts[(variant.algorithm, variant.unique_tokens)]
-    envoy, ready_s = start_envoy(binary, variant, workdir, settings)
+    envoy, ready_s = start_envoy(binary, [variant], workdir, settings)
     try:
         check_answers(envoy, variant, token)
         run_wrk(envoy.listen_port, settings["warmup"], settings["connections"], script, settings["pin"], False)
@@ -1055,6 +1091,13 @@ INSTR_WARMUP = 100
 INSTR_MISS_WARMUP = 2 * MISS_TOKENS
 # Largest relative difference between the two dumps' per-request figures.
 INSTR_AGREEMENT = 0.01
+# Idle time over which an Envoy's background (timer ticks on the worker) is
+# counted after its variants.
+INSTR_IDLE_SECONDS = 3
+# A cache-miss variant's counting work in plain variants (instruction_work).
+INSTR_MISS_WEIGHT = 4
+# Wasm VMs in one Envoy under callgrind (instruction_groups).
+INSTR_MAX_VMS = 4
 
 
 def callgrind_total(text):
@@ -1134,58 +1177,127 @@ class KeepAlive:
         self.connection.close()
 
 
-def callgrind_control(pid, *options):
-    subprocess.run(["callgrind_control", *options, str(pid)], check=True, capture_output=True, timeout=300)
+class CountedEnvoy:
+    """One Envoy under callgrind serving a group of variants on a listener
+    each: it pays valgrind's and V8's start (13-20 s per module under
+    valgrind) once for the group, then counts the variants one after the
+    other (see the module docstring)."""
+
+    def __init__(self, binary, variants, workdir, settings, name):
+        self.out_file = workdir / f"{name}.callgrind"
+        # Not pinned: BENCH_INSTR_JOBS Envoys share the cores, and counts do
+        # not depend on the core.
+        self.envoy, self.ready_s = start_envoy(
+            binary, variants, workdir, {**settings, "pin": False},
+            wrapper=[*CALLGRIND, f"--callgrind-out-file={self.out_file}"], ready_timeout=900, name=name,
+        )
+        self.dumps = 0
+
+    def control(self, *options):
+        subprocess.run(["callgrind_control", *options, str(self.envoy.pid)], check=True, capture_output=True, timeout=300)
+
+    def dump(self):
+        """{thread: instructions} since the last zeroing, and zeroes them."""
+        self.control("-d")
+        self.dumps += 1
+        files = dump_files(self.out_file, self.dumps)
+        counts = {thread: callgrind_total(path.read_text()) for thread, path in files.items()}
+        # Megabytes per thread and dump: gone once read.
+        for path in files.values():
+            path.unlink()
+        return counts
+
+    def count(self, variant, scripts, settings):
+        """Instructions per request of the worker thread for `variant`."""
+        _, token, tokens_file = scripts[(variant.algorithm, variant.unique_tokens)]
+        tokens = tokens_file.read_text().split() if tokens_file else [token]
+        requests = settings["instr_miss_requests" if variant.unique_tokens else "instr_requests"]
+        warmup_tokens, fresh_tokens = tokens[:MISS_TOKENS], tokens[MISS_TOKENS:]
+        client = KeepAlive(self.envoy.listen_ports[variant.name], warmup_tokens)
+        try:
+            # Toggling instrumentation drops valgrind's translations: cheap
+            # next to counting a warm-up.
+            self.control("-i", "off")
+            client.send(INSTR_MISS_WARMUP if variant.unique_tokens else INSTR_WARMUP)
+            check_answers(self.envoy, variant, token)
+            if variant.unique_tokens:
+                if len(fresh_tokens) < 3 * requests:
+                    raise RuntimeError(f"{len(fresh_tokens)} fresh tokens for {3 * requests} counted requests")
+                client.tokens, client.sent = fresh_tokens, 0
+            self.control("-i", "on")
+            self.control("-z")
+            started = time.monotonic()
+            client.send(requests)
+            first = self.dump()
+            client.send(2 * requests)
+            second = self.dump()
+            seconds = time.monotonic() - started
+        finally:
+            client.close()
+        thread = busiest_thread(first, second)
+        total, one, two, difference = per_request(first[thread], second[thread], requests)
+        return {
+            "instructions": total,
+            "dump1": one,
+            "dump2": two,
+            "difference": difference,
+            "thread": thread,
+            "threads": len(first),
+            "requests": 3 * requests,
+            "seconds": seconds,
+        }
+
+    def background(self, thread):
+        """Instructions per second that `thread` (the worker) runs with no
+        request in flight: the timers of every plugin in this Envoy (the
+        breaker's tick), which any count in it includes."""
+        self.control("-i", "on")
+        self.control("-z")
+        time.sleep(INSTR_IDLE_SECONDS)
+        return self.dump().get(thread, 0) / INSTR_IDLE_SECONDS
+
+    def stop(self):
+        self.envoy.stop()
+        for path in self.out_file.parent.glob(f"{self.out_file.name}*"):
+            path.unlink()
 
 
-def measure_instructions(binary, variant, workdir, scripts, settings):
-    """Instructions per request of the worker thread, from a callgrind run
-    of the variant's Envoy (see the module docstring)."""
-    _, token, tokens_file = scripts[(variant.algorithm, variant.unique_tokens)]
-    tokens = tokens_file.read_text().split() if tokens_file else [token]
-    out_file = workdir / f"{variant.name}.callgrind"
-    requests = settings["instr_requests"]
-    # Not pinned: BENCH_INSTR_JOBS Envoys share the cores, and counts do not
-    # depend on the core.
-    envoy, _ = start_envoy(
-        binary, variant, workdir, {**settings, "pin": False},
-        wrapper=[*CALLGRIND, f"--callgrind-out-file={out_file}"], ready_timeout=600,
-    )
-    warmup_tokens, fresh_tokens = tokens[:MISS_TOKENS], tokens[MISS_TOKENS:]
-    client = KeepAlive(envoy.listen_port, warmup_tokens)
-    try:
-        client.send(INSTR_MISS_WARMUP if variant.unique_tokens else INSTR_WARMUP)
-        check_answers(envoy, variant, token)
-        if variant.unique_tokens:
-            if len(fresh_tokens) < 3 * requests:
-                raise RuntimeError(f"{len(fresh_tokens)} fresh tokens for {3 * requests} counted requests")
-            client.tokens, client.sent = fresh_tokens, 0
-        callgrind_control(envoy.pid, "-i", "on")
-        callgrind_control(envoy.pid, "-z")
-        client.send(requests)
-        callgrind_control(envoy.pid, "-d")
-        client.send(2 * requests)
-        callgrind_control(envoy.pid, "-d")
-    finally:
-        client.close()
-        envoy.stop()
-    first, second = (
-        {thread: callgrind_total(path.read_text()) for thread, path in dump_files(out_file, dump).items()}
-        for dump in (1, 2)
-    )
-    # Megabytes per thread and dump: gone once read.
-    for path in workdir.glob(f"{out_file.name}*"):
-        path.unlink()
-    thread = busiest_thread(first, second)
-    total, one, two, difference = per_request(first[thread], second[thread], requests)
-    return {
-        "instructions": total,
-        "dump1": one,
-        "dump2": two,
-        "difference": difference,
-        "thread": thread,
-        "threads": len(first),
-    }
+def wasm_vms(variant):
+    """The wasm VMs a variant's filters run in: Envoy shares one between
+    filters of the same module and vm_id."""
+    vms = set()
+    for entry in variant.filters:
+        plugin = entry["typed_config"].get("config", {})
+        if "vm_config" in plugin:
+            vm = plugin["vm_config"]
+            vms.add((vm["code"]["local"]["filename"], vm.get("vm_id", "")))
+    return vms
+
+
+def instruction_groups(variants):
+    """Variants in groups sharing one Envoy, in the variants' order, at most
+    INSTR_MAX_VMS wasm VMs in a group: V8 reserves about 10 GiB of address
+    space per wasm memory, which valgrind's address space runs out of beyond
+    that (plugins then fail to load: every group's variant checks its
+    answers)."""
+    groups = []
+    for variant in variants:
+        vms = wasm_vms(variant)
+        for group in groups:
+            if len(group["vms"] | vms) <= INSTR_MAX_VMS:
+                group["vms"] |= vms
+                group["variants"].append(variant)
+                break
+        else:
+            groups.append({"vms": set(vms), "variants": [variant]})
+    return [group["variants"] for group in groups]
+
+
+def instruction_work(group):
+    """A group's counting work in plain variants (a cache-miss variant's
+    warm-up verifies signatures and counts as INSTR_MISS_WEIGHT): groups start
+    heaviest first, so that the cores finish together."""
+    return sum(INSTR_MISS_WEIGHT if variant.unique_tokens else 1 for variant in group)
 
 
 def summarise_instructions(variants, counts):
@@ -1219,23 +1331,29 @@ def instruction_prices(counts, high_count):
     return rows
 
 
-def instructions_markdown(variants, counts, prices, settings, header):
-    requests = settings["instr_requests"]
+def instructions_markdown(variants, counts, prices, settings, header, backgrounds):
+    requests, miss_requests = settings["instr_requests"], settings["instr_miss_requests"]
+    idle = ", ".join(f"{rate:,.0f}" for _, rate in sorted(backgrounds.items())) or "not measured"
     out = [
         "## Instructions per request (callgrind)",
         "",
         header,
         "",
-        f"`{' '.join(CALLGRIND)}`, Envoy `--concurrency 1`; {INSTR_WARMUP} requests uninstrumented "
-        f"({INSTR_MISS_WARMUP:,} for the `*-miss` variants, twice round their {MISS_TOKENS:,} tokens), then counters "
-        f"zeroed, {requests:,} requests, dump 1, {2 * requests:,} more, dump 2, all on one keep-alive connection. "
-        f"Figures are the worker thread's instructions per request over both dumps; the dumps' own figures must "
-        f"agree within {INSTR_AGREEMENT:.0%}. *Added* is over the empty chain; *added × native* divides it by "
-        "what the native equivalent adds.",
+        f"`{' '.join(CALLGRIND)}`, Envoy `--concurrency 1` with a listener per variant (a group of variants "
+        f"with at most {INSTR_MAX_VMS} wasm VMs per Envoy, {settings['instr_jobs']} Envoys at a time), each "
+        "Envoy counting its variants one after the other: "
+        f"{INSTR_WARMUP} requests uninstrumented ({INSTR_MISS_WARMUP:,} for the `*-miss` variants, twice round "
+        f"their {MISS_TOKENS:,} tokens), then counters zeroed, N = {requests:,} requests ({miss_requests:,} for "
+        f"`*-miss`, each with a token never sent before), dump 1, 2N more, dump 2, all on one keep-alive "
+        "connection. Figures are the worker thread's instructions per request over both dumps; the dumps' own "
+        f"figures must agree within {INSTR_AGREEMENT:.0%}. *Added* is over the empty chain; *added × native* "
+        "divides it by what the native equivalent adds. *Idle* is what the worker runs with no request in "
+        f"flight (every plugin's timers in that Envoy: {idle} instructions/s, counted over "
+        f"{INSTR_IDLE_SECONDS} s idle) over the time of the row's count, per request: a count includes it.",
         "",
         "| variant | instructions/req | added over empty | added × native | native equivalent "
-        f"| dump 1 ({requests:,} req) /req | dump 2 ({2 * requests:,} req) /req | dumps differ |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        "| dump 1 (N req) /req | dump 2 (2N req) /req | dumps differ | idle /req |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for variant in variants:
         row = counts.get(variant.name)
@@ -1244,7 +1362,7 @@ def instructions_markdown(variants, counts, prices, settings, header):
             out.append(
                 f"| `{variant.name}` | {fmt(row['instructions'], 0)} | {fmt(row['added'], 0)} | "
                 f"{fmt(row['x_native'], 2)} | {variant.native or ''} | {fmt(row['dump1'], 0)} | "
-                f"{fmt(row['dump2'], 0)} | {row['difference']:.2%}{flag} |"
+                f"{fmt(row['dump2'], 0)} | {row['difference']:.2%}{flag} | {fmt(row.get('background', float('nan')), 0)} |"
             )
     if prices:
         high = settings["price_count"]
@@ -1265,14 +1383,16 @@ def instructions_markdown(variants, counts, prices, settings, header):
 
 
 def write_instructions_csv(path, variants, counts):
-    keys = ["instructions", "added", "x_native", "dump1", "dump2", "difference", "thread", "threads"]
+    keys = ["instructions", "added", "x_native", "dump1", "dump2", "difference", "background", "thread", "threads"]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["variant", "native"] + keys)
         for variant in variants:
             row = counts.get(variant.name)
             if row:
-                writer.writerow([variant.name, variant.native or ""] + [round(row[key], 4) for key in keys])
+                writer.writerow(
+                    [variant.name, variant.native or ""] + [round(row.get(key, float("nan")), 4) for key in keys]
+                )
 
 
 
@@ -1750,44 +1870,73 @@ def failures_markdown(failures):
 
 def run_instructions(args, settings, variants, workdir, scripts, out, stamp, machine):
     """BENCH_INSTRUCTIONS=1: every variant's instructions per request under
-    callgrind, one Envoy after the other, and nothing else."""
-    requests = settings["instr_requests"]
+    callgrind, BENCH_INSTR_JOBS Envoys side by side, each counting its group
+    of variants one after the other, and nothing else."""
+    groups = sorted(instruction_groups(variants), key=instruction_work, reverse=True)
     log(
         f"Envoy {machine['envoy']} on {machine['cpu']} ({machine['cores']} cores, load {machine['load']}); "
-        f"{len(variants)} variants under callgrind, {settings['instr_jobs']} at a time, "
-        f"{INSTR_WARMUP} + {requests} + {2 * requests} requests each"
+        f"{len(variants)} variants under callgrind in {len(groups)} Envoys, {settings['instr_jobs']} at a time, "
+        f"{INSTR_WARMUP} + {settings['instr_requests']} + {2 * settings['instr_requests']} requests each "
+        f"({INSTR_MISS_WARMUP} + {settings['instr_miss_requests']} + {2 * settings['instr_miss_requests']} for "
+        "cache misses)"
     )
-    counts, failures = {}, {}
+    counts, failures, backgrounds = {}, {}, {}
 
-    def count(variant):
+    def count_group(index, group):
+        name = f"instructions-{index}"
         started = time.monotonic()
         try:
-            row = measure_instructions(args.envoy, variant, workdir, scripts, settings)
-        except (RuntimeError, OSError, ValueError, http.client.HTTPException, subprocess.SubprocessError) as err:
-            failures.setdefault(variant.name, []).append(str(err))
-            log(f"[instructions] {variant.name}: FAILED: {err}")
+            counted = CountedEnvoy(args.envoy, group, workdir, settings, name)
+        except (RuntimeError, OSError) as err:
+            for variant in group:
+                failures.setdefault(variant.name, []).append(f"{name} did not start: {err}")
+            log(f"[instructions] {name}: FAILED to start: {err}")
             return
-        counts[variant.name] = row
-        log(
-            f"[instructions] {variant.name:28} {row['instructions']:12,.0f} instructions/req (dumps {row['dump1']:,.0f} "
-            f"and {row['dump2']:,.0f}, thread {row['thread']} of {row['threads']}) in {time.monotonic() - started:.0f} s"
-        )
-        if row["difference"] > INSTR_AGREEMENT:
-            log(
-                f"WARNING: {variant.name}: the two dumps differ by {row['difference']:.2%}, more than "
-                f"{INSTR_AGREEMENT:.0%}: this variant's count is not stable (warm-up too short, or a timer?)"
-            )
+        log(f"[instructions] {name}: {len(group)} variants, ready in {counted.ready_s:.0f} s")
+        try:
+            for variant in group:
+                try:
+                    row = counted.count(variant, scripts, settings)
+                except (RuntimeError, OSError, ValueError, http.client.HTTPException, subprocess.SubprocessError) as err:
+                    failures.setdefault(variant.name, []).append(str(err))
+                    log(f"[instructions] {variant.name}: FAILED: {err}")
+                    continue
+                counts[variant.name] = row
+                log(
+                    f"[instructions] {variant.name:36} {row['instructions']:12,.0f} instructions/req (dumps "
+                    f"{row['dump1']:,.0f} and {row['dump2']:,.0f}, thread {row['thread']} of {row['threads']}) "
+                    f"in {row['seconds']:.0f} s"
+                )
+            workers = {counts[v.name]["thread"] for v in group if v.name in counts}
+            if len(workers) == 1:
+                rate = counted.background(workers.pop())
+                backgrounds[name] = rate
+                for variant in group:
+                    row = counts.get(variant.name)
+                    if row:
+                        row["background"] = rate * row["seconds"] / row["requests"]
+        except (OSError, ValueError, subprocess.SubprocessError) as err:
+            failures.setdefault(name, []).append(f"idle background: {err}")
+        finally:
+            counted.stop()
+        log(f"[instructions] {name}: done in {time.monotonic() - started:.0f} s")
 
     # Counts do not depend on what else runs: one valgrind per core.
     with concurrent.futures.ThreadPoolExecutor(settings["instr_jobs"]) as pool:
-        list(pool.map(count, variants))
+        list(pool.map(count_group, range(len(groups)), groups))
+    for name, row in counts.items():
+        if row["difference"] > INSTR_AGREEMENT:
+            log(
+                f"WARNING: {name}: the two dumps differ by {row['difference']:.2%}, more than "
+                f"{INSTR_AGREEMENT:.0%}: this variant's count is not stable (warm-up too short?)"
+            )
     summarise_instructions(variants, counts)
     prices = instruction_prices(counts, settings["price_count"])
     header = (
         f"Envoy {machine['envoy']}, {machine['cpu']}, {machine['cores']} cores, kernel {machine['kernel']}. "
         f"`{REQUEST_METHOD} {REQUEST_PATH}` with a bearer token. Run {stamp}."
     )
-    text = instructions_markdown(variants, counts, prices, settings, header)
+    text = instructions_markdown(variants, counts, prices, settings, header, backgrounds)
     unstable = [name for name, row in counts.items() if row["difference"] > INSTR_AGREEMENT]
     if unstable:
         text += (
@@ -1834,6 +1983,7 @@ def main():
         "rounds": int(os.environ.get("BENCH_ROUNDS", 0)),
         "instructions": os.environ.get("BENCH_INSTRUCTIONS", "") not in ("", "0"),
         "instr_requests": int(os.environ.get("BENCH_INSTR_REQUESTS", 500)),
+        "instr_miss_requests": int(os.environ.get("BENCH_INSTR_MISS_REQUESTS", 100)),
         "instr_jobs": int(os.environ.get("BENCH_INSTR_JOBS", os.cpu_count() or 1)),
     }
     if settings["profile"] and not shutil.which("perf"):
@@ -1879,7 +2029,7 @@ def run(args, settings, workdir):
     machine = machine_summary(args.envoy)
     if settings["instructions"]:
         # Counted cache-miss requests (N + 2N) each carry a token never sent before.
-        fresh = 3 * settings["instr_requests"]
+        fresh = 3 * settings["instr_miss_requests"]
         run_instructions(args, settings, variants, workdir, tokens.scripts(variants, fresh), out, stamp, machine)
         return
     log(

@@ -94,9 +94,8 @@ def soak_variant(dist, jwks):
     return bench.Variant("soak", "four filters from dist/meshwasm.wasm", filters)
 
 
-def soak_bootstrap(variant, listen_port, admin_port):
-    """bench/run.py's bootstrap plus the route that fails the charge."""
-    config = bench.bootstrap(variant, listen_port, admin_port)
+def add_failing_charge_route(config):
+    """The route that fails the charge, before bench/run.py's route."""
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]
     routes.insert(
@@ -109,23 +108,6 @@ def soak_bootstrap(variant, listen_port, admin_port):
             "direct_response": {"status": 503, "body": {"inline_string": "payment down"}},
         },
     )
-    return config
-
-
-class SoakEnvoy(bench.Envoy):
-    """bench/run.py's Envoy with the soak's bootstrap and 2 workers."""
-
-    def __init__(self, binary, variant, workdir, log_level, concurrency):
-        self.listen_port, self.admin_port = bench.free_ports(2)
-        self.config = workdir / "soak.json"
-        self.config.write_text(json.dumps(soak_bootstrap(variant, self.listen_port, self.admin_port), indent=1))
-        self.log_path = workdir / "soak.log"
-        argv = [str(binary), "-c", str(self.config), "--concurrency", str(concurrency)]
-        argv += ["--disable-hot-restart", "--log-level", log_level]
-        self.log_file = open(self.log_path, "w")
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(argv, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid = self.process.pid
 
 
 def admin_text(envoy, path):
@@ -319,7 +301,10 @@ def soak(args, envoy_binary, settings, workdir):
     mix = workdir / "mix.tsv"
     mix.write_text(MIX.read_text().replace("HOT_TOKEN", tokens.main))
     variant = soak_variant(args.dist, json.loads(bench.DEMO_JWKS.read_text()))
-    envoy = SoakEnvoy(envoy_binary, variant, workdir, "warning", settings["concurrency"])
+    envoy = bench.Envoy(
+        envoy_binary, [variant], workdir, False, "warning",
+        concurrency=settings["concurrency"], edit=add_failing_charge_route, name="soak",
+    )
     try:
         envoy.wait_ready()
         status, body = bench.probe(envoy.listen_port, tokens.main)
