@@ -1,6 +1,7 @@
 """Unit tests of bench/run.py's pure parts: output parsing, the perf
 call-stack buckets, interleaved-round statistics, the open-loop rates and
-callgrind's dumps (totals, per-thread files, per-request arithmetic).
+callgrind's dumps (totals, per-thread files, per-request arithmetic), and
+how the instruction run shares Envoys between variants.
 Run by `make test-unit` (python -m unittest discover -s bench)."""
 
 import math
@@ -205,6 +206,57 @@ class Callgrind(unittest.TestCase):
         prices = run.instruction_prices(counts, 20)
         self.assertEqual([row["op"] for row in prices], ["get_header"])
         self.assertEqual(prices[0]["per_call"], 10_000.0)
+
+
+def wasm_variant(name, *vms, unique_tokens=False):
+    """A variant with one wasm filter per (module, vm_id)."""
+    filters = [run.wasm_filter(f"f{index}", "", Path(module), None, vm_id=vm_id) for index, (module, vm_id) in enumerate(vms)]
+    return run.Variant(name, "", filters, unique_tokens=unique_tokens)
+
+
+class SharedEnvoys(unittest.TestCase):
+    def test_filters_of_one_module_and_vm_id_share_a_vm(self):
+        variant = wasm_variant("v", ("a.wasm", None), ("a.wasm", None), ("a.wasm", "x"), ("b.wasm", None))
+        variant.filters.append(run.lua_noop_filter())
+        self.assertEqual(run.wasm_vms(variant), {("a.wasm", ""), ("a.wasm", "x"), ("b.wasm", "")})
+
+    def test_no_group_holds_more_vms_than_valgrind_has_room_for(self):
+        variants = [
+            run.Variant("empty", "", []),
+            wasm_variant("noop", ("noop.wasm", None)),
+            wasm_variant("four-vms", *((("noop.wasm", f"n{i}")) for i in range(4))),
+            wasm_variant("authz", ("authz.wasm", None)),
+            wasm_variant("chain", ("authz.wasm", None), ("routing.wasm", None), ("telemetry.wasm", None),
+                         ("breaker.wasm", None)),
+            wasm_variant("authz-miss", ("authz.wasm", None), unique_tokens=True),
+            run.Variant("native", "", [run.lua_noop_filter()]),
+        ]
+        groups = run.instruction_groups(variants)
+        self.assertEqual(sorted(v.name for group in groups for v in group), sorted(v.name for v in variants))
+        for group in groups:
+            self.assertLessEqual(len(set().union(*(run.wasm_vms(v) for v in group))), run.INSTR_MAX_VMS)
+        self.assertEqual([[v.name for v in group] for group in groups],
+                         [["empty", "noop", "authz", "authz-miss", "native"], ["four-vms"], ["chain"]])
+        self.assertEqual(run.instruction_work(groups[0]), 4 + run.INSTR_MISS_WEIGHT)
+
+    def test_each_variant_gets_a_listener_and_plugins_of_its_own(self):
+        shared = run.wasm_filter("authz", "authz", Path("authz.wasm"), {"rules": []})
+        alone, chain = run.Variant("authz", "", [shared]), run.Variant("chain", "", [shared, run.lua_noop_filter()])
+        config = run.bootstrap([alone, chain], [12001, 12002], 12000)
+        listeners = config["static_resources"]["listeners"]
+        self.assertEqual([(l["name"], l["address"]["socket_address"]["port_value"]) for l in listeners],
+                         [("authz", 12001), ("chain", 12002)])
+
+        def plugin_names(listener):
+            manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+            return [f["typed_config"].get("config", {}).get("name") for f in manager["http_filters"]]
+
+        self.assertEqual(plugin_names(listeners[0]), ["authz/authz", None])
+        self.assertEqual(plugin_names(listeners[1]), ["chain/authz", None, None])
+        self.assertEqual(shared["typed_config"]["config"]["name"], "authz", "the variant's own filters are untouched")
+        # A lone variant (the timed phases) keeps its names.
+        lone = run.bootstrap([alone], [12001], 12000)["static_resources"]["listeners"]
+        self.assertEqual(plugin_names(lone[0]), ["authz", None])
 
 
 if __name__ == "__main__":
