@@ -340,6 +340,8 @@ fn one_trace_id_reaches_the_last_hop_and_every_access_log_and_no_credential_is_l
     assert_eq!(ingress_lines[0]["route"], "/orders");
     assert_eq!(ingress_lines[0]["trace_origin"], "new");
     assert_eq!(ingress_lines[0]["code"], 201);
+    // The decision authz recorded in filter state (`meshwasm.authz`).
+    assert_eq!(ingress_lines[0]["authz"], "allow", "{ingress_lines:?}");
     let order_lines = lines_for(&format!("{order}.sidecar"));
     assert!(
         order_lines
@@ -347,10 +349,11 @@ fn one_trace_id_reaches_the_last_hop_and_every_access_log_and_no_credential_is_l
             .any(|l| l["reporter"] == "inbound" && l["route"] == "/orders"),
         "{order_lines:?}"
     );
+    // The breaker guarding the call recorded its state (`meshwasm.breaker`).
     assert!(
-        order_lines
-            .iter()
-            .any(|l| l["reporter"] == "outbound" && l["route"] == "/charge"),
+        order_lines.iter().any(|l| l["reporter"] == "outbound"
+            && l["route"] == "/charge"
+            && l["breaker_state"] == "closed"),
         "{order_lines:?}"
     );
     assert!(order_lines.iter().all(|l| l["trace_origin"] == "w3c"));

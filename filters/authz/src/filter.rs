@@ -5,6 +5,7 @@ use crate::config::{split_uri, AuthzConfig};
 use crate::engine::{Allowed, Denial, Engine, Outcome, Request};
 use crate::jwks::{self, Reason, RemoteKeySets};
 use crate::token::{self, Location};
+use meshwasm_shared::filter_state::AuthzOutcome;
 use meshwasm_shared::host_headers::Header;
 use meshwasm_shared::metrics::{tagged_name, Metrics};
 use meshwasm_shared::shared_data::HostStore;
@@ -377,7 +378,13 @@ impl AuthzRequest {
         let reason = denial.problem.kind;
         let metric = tagged_name(REQUESTS_TOTAL, &[("decision", "deny"), ("reason", reason)]);
         state.metrics.count(&metric, 1);
-        filter_state::set(filter_state::AUTHZ_RESULT, &denial.result());
+        filter_state::set_record(
+            filter_state::AUTHZ,
+            &AuthzOutcome {
+                result: denial.result().into(),
+                principal: None,
+            },
+        );
         match &denial.challenge {
             Some(challenge) => denial.problem.send(&[("www-authenticate", challenge)]),
             None => denial.problem.send(&[]),
@@ -428,7 +435,16 @@ impl AuthzRequest {
             }
             None => "allow".to_owned(),
         };
-        filter_state::set(filter_state::AUTHZ_RESULT, &result);
+        filter_state::set_record(
+            filter_state::AUTHZ,
+            &AuthzOutcome {
+                result: result.into(),
+                principal: allowed
+                    .verified
+                    .as_ref()
+                    .map(|verified| verified.principal.as_str().into()),
+            },
+        );
         let State {
             metrics,
             allow_metrics,
@@ -436,7 +452,6 @@ impl AuthzRequest {
         } = state;
         let allowed_metric = match &allowed.verified {
             Some(verified) => {
-                filter_state::set(filter_state::AUTHZ_PRINCIPAL, &verified.principal);
                 filter_state::set(filter_state::AUTHZ_CLAIMS, &verified.claims_json);
                 let cache_metric = if allowed.cache_hit {
                     AllowMetrics::CACHE_HIT

@@ -6,6 +6,7 @@ use crate::breaker::{Admission, Outcome, Rejection, State, Ticket, Transition};
 use crate::config::{Config, Fallback};
 use crate::policy::{self, Active, KeySource, Policies, Request, Response};
 use crate::store::{Admit, Breakers, Namespace};
+use meshwasm_shared::filter_state::BreakerOutcome;
 use meshwasm_shared::headers::{self, split_path};
 use meshwasm_shared::host_headers::Header;
 use meshwasm_shared::metrics::{tagged_name, Metrics};
@@ -385,7 +386,7 @@ impl BreakerStream {
         match finished {
             Ok(Some((transition, state))) => {
                 if state != in_flight.state {
-                    filter_state::set(filter_state::BREAKER_STATE, state.as_str());
+                    record_outcome(&in_flight.key, Some(state));
                 }
                 self.note_transition(&in_flight.active, &in_flight.key, transition, state);
             }
@@ -393,6 +394,17 @@ impl BreakerStream {
             Err(err) => log::warn!("circuit-breaker: could not record outcome: {err}"),
         }
     }
+}
+
+/// Glue: the breaker's record in filter state (access logs, telemetry).
+fn record_outcome(key: &str, state: Option<State>) {
+    filter_state::set_record(
+        filter_state::BREAKER,
+        &BreakerOutcome {
+            key: key.into(),
+            state: state.map(|state| state.as_str().into()),
+        },
+    );
 }
 
 impl Context for BreakerStream {}
@@ -415,16 +427,21 @@ impl HttpContext for BreakerStream {
             return Action::Continue;
         };
         let key = policy::breaker_key(&active, &route, &host);
-        filter_state::set(filter_state::BREAKER_KEY, &key);
         let now = now_ms();
         let decision = loaded.breakers().admit(&key, &active.spec, now);
+        record_outcome(
+            &key,
+            match &decision {
+                Ok(Admit::Decided { state, .. }) => Some(*state),
+                _ => None,
+            },
+        );
         match decision {
             Ok(Admit::Decided {
                 admission,
                 transition,
                 state,
             }) => {
-                filter_state::set(filter_state::BREAKER_STATE, state.as_str());
                 self.note_transition(&active, &key, transition, state);
                 match admission {
                     Admission::Admitted(ticket) => {

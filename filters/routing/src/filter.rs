@@ -3,6 +3,7 @@
 
 use crate::config::{ClaimsSource, Config};
 use crate::engine::{Decision, Outcome, RequestView, Router};
+use meshwasm_shared::filter_state::RoutingOutcome;
 use meshwasm_shared::host_headers::Header;
 use meshwasm_shared::metrics::{tagged_name, FastMap, Metrics};
 use meshwasm_shared::{filter_state, headers, host_headers, unconfigured};
@@ -211,11 +212,17 @@ impl RoutingHttp {
             .lane
             .as_ref()
             .map_or(NONE, |lane| lane.value.as_str());
-        if let Some(rule) = &decision.rule {
-            filter_state::set(filter_state::ROUTING_RULE, rule);
-        }
-        if let Some(lane) = &decision.lane {
-            filter_state::set(filter_state::ROUTING_LANE, &lane.value);
+        if decision.rule.is_some() || decision.lane.is_some() {
+            filter_state::set_record(
+                filter_state::ROUTING,
+                &RoutingOutcome {
+                    rule: decision.rule.as_deref().map(Into::into),
+                    lane: decision
+                        .lane
+                        .as_ref()
+                        .map(|lane| lane.value.as_str().into()),
+                },
+            );
         }
         if self.router.debug_header().is_some() {
             self.debug_value = Some(format!("rule={rule}; lane={lane}"));

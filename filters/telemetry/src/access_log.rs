@@ -4,6 +4,7 @@
 
 use crate::config::AccessLogConfig;
 use crate::trace::within_ratio;
+use meshwasm_shared::filter_state::{AuthzOutcome, BreakerOutcome, RoutingOutcome};
 use serde::Serialize;
 
 /// Value of the `type` field, to find these lines among Envoy's.
@@ -25,25 +26,27 @@ pub struct Decisions {
 }
 
 impl Decisions {
-    /// Builds the decisions from raw filter-state bytes, keeping each value
-    /// short and refusing anything that looks like a token.
-    pub fn from_raw(
-        authz: Option<&[u8]>,
-        routing_rule: Option<&[u8]>,
-        routing_lane: Option<&[u8]>,
-        breaker_state: Option<&[u8]>,
+    /// Builds the decisions from the other filters' records, keeping each
+    /// value short and refusing anything that looks like a token.
+    pub fn from_records(
+        authz: Option<AuthzOutcome>,
+        routing: Option<RoutingOutcome>,
+        breaker: Option<BreakerOutcome>,
     ) -> Self {
+        let routing = routing.unwrap_or_default();
         Self {
-            authz: authz.and_then(decision_text),
-            routing_rule: routing_rule.and_then(decision_text),
-            routing_lane: routing_lane.and_then(decision_text),
-            breaker_state: breaker_state.and_then(decision_text),
+            authz: authz.and_then(|authz| decision_text(&authz.result)),
+            routing_rule: routing.rule.as_deref().and_then(decision_text),
+            routing_lane: routing.lane.as_deref().and_then(decision_text),
+            breaker_state: breaker
+                .and_then(|breaker| breaker.state)
+                .as_deref()
+                .and_then(decision_text),
         }
     }
 }
 
-fn decision_text(raw: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(raw);
+fn decision_text(text: &str) -> Option<String> {
     let text = text.trim();
     if text.is_empty() {
         return None;
@@ -126,11 +129,19 @@ mod tests {
 
     #[test]
     fn line_has_every_field() {
-        let decisions = Decisions::from_raw(
-            Some(b"allow"),
-            Some(b"canary-by-header"),
-            Some(b"canary"),
-            Some(b"closed"),
+        let decisions = Decisions::from_records(
+            Some(AuthzOutcome {
+                result: "allow".into(),
+                principal: Some("https://issuer/alice".into()),
+            }),
+            Some(RoutingOutcome {
+                rule: Some("canary-by-header".into()),
+                lane: Some("canary".into()),
+            }),
+            Some(BreakerOutcome {
+                key: "payment".into(),
+                state: Some("closed".into()),
+            }),
         );
         let line = AccessLogLine {
             line_type: LINE_TYPE,
@@ -168,11 +179,19 @@ mod tests {
 
     #[test]
     fn absent_decisions_are_left_out_and_tokens_redacted() {
-        let decisions = Decisions::from_raw(
-            Some(b"  "),
-            None,
-            Some(b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.sig"),
-            Some("x".repeat(500).as_bytes()),
+        let decisions = Decisions::from_records(
+            Some(AuthzOutcome {
+                result: "  ".into(),
+                principal: None,
+            }),
+            Some(RoutingOutcome {
+                rule: None,
+                lane: Some("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.sig".into()),
+            }),
+            Some(BreakerOutcome {
+                key: "payment".into(),
+                state: Some("x".repeat(500).into()),
+            }),
         );
         assert_eq!(decisions.authz, None);
         assert_eq!(decisions.routing_rule, None);

@@ -397,11 +397,10 @@ impl HttpContext for TelemetryHttp {
         {
             return;
         }
-        let decisions = Decisions::from_raw(
-            filter_state::get(filter_state::AUTHZ_RESULT).as_deref(),
-            filter_state::get(filter_state::ROUTING_RULE).as_deref(),
-            filter_state::get(filter_state::ROUTING_LANE).as_deref(),
-            filter_state::get(filter_state::BREAKER_STATE).as_deref(),
+        let decisions = Decisions::from_records(
+            filter_state::record(filter_state::AUTHZ),
+            filter_state::record(filter_state::ROUTING),
+            filter_state::record(filter_state::BREAKER),
         );
         let upstream_cluster = string_property(vec!["xds", "cluster_name"]);
         let upstream_address = string_property(vec!["upstream", "address"]);

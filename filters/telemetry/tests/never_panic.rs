@@ -4,6 +4,7 @@
 //! requests.
 
 use meshwasm_shared::config::parse;
+use meshwasm_shared::filter_state::{AuthzOutcome, BreakerOutcome, RoutingOutcome};
 use meshwasm_shared::fuzz::{self, Request};
 use meshwasm_shared::headers;
 use meshwasm_shared::metrics::{MetricSink, Metrics};
@@ -103,12 +104,19 @@ fn handle(config: &Config, request: &Request) {
     };
     request_finished(&mut metrics, &mut ids, in_flight, &labels, &observation);
     should_log(&config.access_log, &context.trace_id, code);
-    let raw_decision = |name| header(name).map(str::as_bytes);
-    let decisions = Decisions::from_raw(
-        raw_decision("x-authz"),
-        raw_decision("x-rule"),
-        raw_decision("x-lane"),
-        raw_decision("x-breaker"),
+    let decisions = Decisions::from_records(
+        header("x-authz").map(|result| AuthzOutcome {
+            result: result.into(),
+            principal: None,
+        }),
+        Some(RoutingOutcome {
+            rule: header("x-rule").map(Into::into),
+            lane: header("x-lane").map(Into::into),
+        }),
+        header("x-breaker").map(|state| BreakerOutcome {
+            key: "payment".into(),
+            state: Some(state.into()),
+        }),
     );
     AccessLogLine {
         line_type: LINE_TYPE,
