@@ -29,7 +29,8 @@ fn bench_authz_rule() -> Value {
 
 /// The repository (for the manifests and demo keys read at run time).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::canonicalize(&root).unwrap_or(root)
 }
 
 /// `(pluginName, pluginConfig)` of the first WasmPlugin in
