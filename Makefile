@@ -51,7 +51,7 @@ SUITE_TARGET := $(CURDIR)/target/suite
 
 .PHONY: setup build apps test test-unit test-bench test-e2e lint demo mesh token clean istio-crds crd-schemas
 .PHONY: prometheus test-prometheus-rules docker-tools docker-test
-.PHONY: bench soak test-modules
+.PHONY: bench bench-replay soak test-modules
 .PHONY: fuzz fuzz-smoke fuzz-cmin cargo-fuzz
 
 setup: $(TOOLS)/.wasm-target $(TOOLS)/.clang envoy registry-tools
@@ -315,6 +315,27 @@ bench: build envoy $(BENCH_VENV)/bin/python
 	cargo build --release -p loadgen
 	$(BENCH_VENV)/bin/python bench/run.py --envoy $(ENVOY) --dist $(DIST) --noop $(NOOP_WASM) --probe $(PROBE_WASM) \
 	  --loadgen $(LOADGEN)
+
+# Where the filters' own instructions go, by function (bench/native-replay): the
+# combined module built natively (profile `replay`: the wasm modules' optimisation,
+# symbols kept) against a fake proxy-wasm host, bench/run.py's request and configs
+# replayed under valgrind's callgrind, two passes per variant (a minute in all,
+# after a two-minute first build).
+# Writes bench-results/<UTC stamp>/native-replay.md and prints it. Native x86-64
+# instructions, not V8's: shares and shapes, totals only for scale.
+REPLAY_REQUESTS ?= 1000
+REPLAY_WARMUP ?= 50
+REPLAY_VARIANTS ?= authz,routing,telemetry,circuit-breaker,meshwasm-chain,meshwasm-chain-staged
+# Envoy's log level as the fake host reports it: bench/run.py's warning (no access-log line), or info.
+REPLAY_LOG_LEVEL ?= warning
+bench-replay:
+	@command -v valgrind >/dev/null || { \
+	  echo "installing valgrind (callgrind)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq valgrind >/dev/null; }
+	cargo build --profile replay -p native-replay
+	target/replay/native-replay --variants $(REPLAY_VARIANTS) --requests $(REPLAY_REQUESTS) --warmup $(REPLAY_WARMUP) \
+	  --log-level $(REPLAY_LOG_LEVEL)
 
 # The four filters from dist/meshwasm.wasm on one Envoy (ENVOY_VERSION) for SOAK_REQUESTS
 # mixed requests (bench/soak.py, bench/soak-mix.tsv): RSS, heap and series sampled
