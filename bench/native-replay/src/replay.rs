@@ -194,7 +194,6 @@ type Start = unsafe extern "C" fn(u32, usize) -> bool;
 /// Returns an `Action`, read as a plain integer.
 type Headers = unsafe extern "C" fn(u32, usize, bool) -> u32;
 type Log = unsafe extern "C" fn(u32);
-type Done = unsafe extern "C" fn(u32) -> bool;
 
 /// What happened to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,16 +268,16 @@ impl Replay {
 
     /// One request through every plugin, as Envoy's filter manager drives a
     /// stream: contexts created, request headers in filter order until one
-    /// stops them, response headers and body in reverse order through the
-    /// filters that saw the request, then log, done and delete for each.
+    /// stops them, response headers in reverse order through the filters that
+    /// saw the request, then log and delete for each. No body, trailers or
+    /// done callbacks: `make build` removes their exports
+    /// (tools/trim-callbacks) and Envoy then does not call them.
     #[inline(never)]
     pub fn request(&mut self, request_headers: HeaderMap) -> Outcome {
         let create = entry(sdk::proxy_on_context_create as Create);
         let on_request_headers = entry(sdk::proxy_on_request_headers as Headers);
         let on_response_headers = entry(sdk::proxy_on_response_headers as Headers);
-        let on_response_body = entry(sdk::proxy_on_response_body as Headers);
         let on_log = entry(sdk::proxy_on_log as Log);
-        let on_done = entry(sdk::proxy_on_done as Done);
         let on_delete = entry(sdk::proxy_on_delete as Log);
 
         let header_count = request_headers.len();
@@ -332,10 +331,6 @@ impl Replay {
             host::with(|h| h.enter(id));
             unsafe { on_response_headers(id, response_header_count, false) };
         }
-        for &id in encoders.iter().rev() {
-            host::with(|h| h.enter(id));
-            unsafe { on_response_body(id, RESPONSE_BODY.len(), true) };
-        }
 
         for &id in &self.streams {
             host::with(|h| h.enter(id));
@@ -343,10 +338,7 @@ impl Replay {
         }
         for &id in &self.streams {
             host::with(|h| h.enter(id));
-            unsafe {
-                on_done(id);
-                on_delete(id);
-            }
+            unsafe { on_delete(id) };
             host::with(|h| h.unbind_context(id));
         }
         Outcome {
@@ -373,13 +365,7 @@ mod sdk {
             num_headers: usize,
             end_of_stream: bool,
         ) -> u32;
-        pub fn proxy_on_response_body(
-            context_id: u32,
-            body_size: usize,
-            end_of_stream: bool,
-        ) -> u32;
         pub fn proxy_on_log(context_id: u32);
-        pub fn proxy_on_done(context_id: u32) -> bool;
         pub fn proxy_on_delete(context_id: u32);
     }
 }
@@ -389,8 +375,6 @@ pub const REQUEST_ENTRY_POINTS: &[&str] = &[
     "proxy_on_context_create",
     "proxy_on_request_headers",
     "proxy_on_response_headers",
-    "proxy_on_response_body",
     "proxy_on_log",
-    "proxy_on_done",
     "proxy_on_delete",
 ];
