@@ -544,7 +544,8 @@ fn markdown(
          and the totals only for scale against BENCHMARKS.md's own-code estimates (added − plugin floor − \
          host-call prices).\n\n\
          - *own code*: everything under the per-request entry points (`proxy_on_context_create`, \
-         `…_request_headers`, `…_response_headers`, `…_response_body`, `…_log`, `…_done`, `…_delete`), \
+         `…_request_headers`, `…_response_headers`, `…_log`, `…_delete`; Envoy calls no body or done \
+         callbacks of the trimmed modules), \
          the SDK's dispatcher included, minus the fake host's functions. It includes the module's \
          allocator when the host hands a buffer over (`proxy_on_memory_allocate`: in Envoy too the \
          module allocates these), shown as *host buffers*.\n\
