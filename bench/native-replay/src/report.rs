@@ -499,6 +499,31 @@ impl VariantCost {
     }
 }
 
+/// A table of functions, their instructions per request, share of `module`
+/// and main caller.
+fn top_functions(
+    md: &mut String,
+    title: &str,
+    column: &str,
+    rows: &[(String, u64, String)],
+    module: u64,
+) {
+    let _ = writeln!(
+        md,
+        "\n{title}:\n\n| function | {column} / request | share | mostly called from |\n| --- | ---: | ---: | --- |"
+    );
+    for (function, instructions, caller) in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            short(function),
+            k(*instructions),
+            share(*instructions, module),
+            short(caller)
+        );
+    }
+}
+
 fn k(instructions: u64) -> String {
     format!("{:.1}k", instructions as f64 / 1000.0)
 }
@@ -595,35 +620,21 @@ fn markdown(
                 share(*instructions, cost.module)
             );
         }
-        let _ = writeln!(
-            md,
-            "\nTop functions by self cost:\n\n| function | self / request | share | mostly called from |\n| --- | ---: | ---: | --- |"
+        top_functions(
+            &mut md,
+            "Top functions by self cost",
+            "self",
+            &cost.top_self,
+            cost.module,
         );
-        for (function, instructions, caller) in &cost.top_self {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} |",
-                short(function),
-                k(*instructions),
-                share(*instructions, cost.module),
-                short(caller)
-            );
-        }
-        let _ = writeln!(
-            md,
-            "\nTop functions by inclusive cost (below the callbacks and the SDK's dispatcher; \
-             recursion may count twice):\n\n| function | inclusive / request | share | mostly called from |\n| --- | ---: | ---: | --- |"
+        top_functions(
+            &mut md,
+            "Top functions by inclusive cost (below the callbacks and the SDK's dispatcher; \
+             recursion may count twice)",
+            "inclusive",
+            &cost.top_inclusive,
+            cost.module,
         );
-        for (function, instructions, caller) in &cost.top_inclusive {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} |",
-                short(function),
-                k(*instructions),
-                share(*instructions, cost.module),
-                short(caller)
-            );
-        }
         let _ = writeln!(md, "\nHost calls per request (fake host's instructions, not Envoy's):\n\n| host function | calls / request | fake host / request |\n| --- | ---: | ---: |");
         for (function, count, instructions) in &cost.host_calls {
             let _ = writeln!(md, "| `{function}` | {count:.2} | {} |", k(*instructions));
