@@ -451,12 +451,8 @@ pub unsafe extern "C" fn proxy_remove_header_map_value(
     key_size: usize,
 ) -> Status {
     let key = text_at(key_data, key_size);
-    with(|host| match host.stream.map_mut(map_type) {
-        Some(map) => {
-            map.retain(|(name, _)| !name.eq_ignore_ascii_case(key));
-            Status::Ok
-        }
-        None => Status::NotFound,
+    edit_map(map_type, |map| {
+        map.retain(|(name, _)| !name.eq_ignore_ascii_case(key))
     })
 }
 
@@ -471,27 +467,23 @@ pub unsafe extern "C" fn proxy_replace_header_map_value(
 ) -> Status {
     let key = text_at(key_data, key_size);
     let value = text_at(value_data, value_size);
-    with(|host| match host.stream.map_mut(map_type) {
-        Some(map) => {
-            // Envoy's setCopy: the first entry takes the value, the others go.
-            let mut seen = false;
-            map.retain_mut(|(name, old)| {
-                if !name.eq_ignore_ascii_case(key) {
-                    return true;
-                }
-                if seen {
-                    return false;
-                }
-                seen = true;
-                value.clone_into(old);
-                true
-            });
-            if !seen {
-                map.push((key.to_ascii_lowercase(), value.to_owned()));
+    edit_map(map_type, |map| {
+        // Envoy's setCopy: the first entry takes the value, the others go.
+        let mut seen = false;
+        map.retain_mut(|(name, old)| {
+            if !name.eq_ignore_ascii_case(key) {
+                return true;
             }
-            Status::Ok
+            if seen {
+                return false;
+            }
+            seen = true;
+            value.clone_into(old);
+            true
+        });
+        if !seen {
+            map.push((key.to_ascii_lowercase(), value.to_owned()));
         }
-        None => Status::NotFound,
     })
 }
 
@@ -506,9 +498,17 @@ pub unsafe extern "C" fn proxy_add_header_map_value(
 ) -> Status {
     let key = text_at(key_data, key_size);
     let value = text_at(value_data, value_size);
+    edit_map(map_type, |map| {
+        map.push((key.to_ascii_lowercase(), value.to_owned()))
+    })
+}
+
+/// Applies `edit` to the stream's header map `map_type`; NotFound when the
+/// stream has no such map.
+fn edit_map(map_type: u32, edit: impl FnOnce(&mut HeaderMap)) -> Status {
     with(|host| match host.stream.map_mut(map_type) {
         Some(map) => {
-            map.push((key.to_ascii_lowercase(), value.to_owned()));
+            edit(map);
             Status::Ok
         }
         None => Status::NotFound,
