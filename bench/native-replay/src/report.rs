@@ -433,22 +433,25 @@ impl VariantCost {
             .collect();
         groups.sort_by_key(|entry| std::cmp::Reverse(entry.1));
 
-        let mut top_self: Vec<(usize, u64)> = module
+        // The costliest TOP_FUNCTIONS of (function, cost), described.
+        let top = |mut costs: Vec<(usize, u64)>| -> Vec<(String, u64, String)> {
+            costs.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+            costs
+                .into_iter()
+                .take(TOP_FUNCTIONS)
+                .map(|(i, cost)| module.described(i, per(cost)))
+                .collect()
+        };
+        let top_self = top(module
             .functions()
             .map(|(i, _)| (i, module.self_cost.get(i).copied().unwrap_or(0)))
-            .collect();
-        top_self.sort_by_key(|entry| std::cmp::Reverse(entry.1));
-        let top_self = top_self
-            .into_iter()
-            .take(TOP_FUNCTIONS)
-            .map(|(i, cost)| module.described(i, per(cost)))
-            .collect();
+            .collect());
 
         // Module functions only (what the callbacks reach; the driver's
         // frames above them have inclusive costs too), below the callbacks
         // and the SDK's dispatch, which would fill the top otherwise.
         let in_module = module.reachable_from(REQUEST_ENTRY_POINTS);
-        let mut top_inclusive: Vec<(usize, u64)> = module
+        let top_inclusive = top(module
             .functions()
             .filter(|(i, n)| {
                 in_module.get(*i).copied().unwrap_or(false)
@@ -456,13 +459,7 @@ impl VariantCost {
                     && !n.contains("proxy_wasm::dispatcher")
             })
             .map(|(i, _)| (i, module.inclusive(i)))
-            .collect();
-        top_inclusive.sort_by_key(|entry| std::cmp::Reverse(entry.1));
-        let top_inclusive = top_inclusive
-            .into_iter()
-            .take(TOP_FUNCTIONS)
-            .map(|(i, cost)| module.described(i, per(cost)))
-            .collect();
+            .collect());
 
         let mut host_calls: Vec<(String, f64, u64)> = HOST_FUNCTIONS
             .iter()
